@@ -1,0 +1,144 @@
+"""Base classes a plugin subclasses: Algorithm (meta-learner), TaskSuite (episodes), Backend (device).
+
+The harness owns the outer loop, evaluation, seeding, timing and logging. An algorithm supplies a
+meta-train step on a batch of tasks, `adapt` (the same inner loop at train and test time) and
+`predict`; a suite supplies episodes, a model and the task metric; a backend supplies a device.
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from harness.specs import TaskBatch
+
+
+class TaskSuite(abc.ABC):
+    """A distribution of tasks. Built by `TaskSuiteSpec.factory(config)`.
+
+    Episodes are sampled on the CPU from the generator the harness passes, so they depend on
+    (config, split, generator seed) alone: the harness derives the test generator from the suite
+    configuration and the test seed, which gives every algorithm the same test episodes.
+    """
+
+    kind: ClassVar[str] = "regression"
+    metric_name: ClassVar[str] = "mse"
+    higher_is_better: ClassVar[bool] = False
+
+    def __init__(self, config: Any) -> None:
+        self.config = config
+
+    @abc.abstractmethod
+    def sample(self, n_tasks: int, generator: torch.Generator, split: str) -> TaskBatch:
+        """Return `n_tasks` episodes of `split` ("train", "val" or "test") drawn with `generator`."""
+
+    @abc.abstractmethod
+    def build_model(self) -> nn.Module:
+        """A freshly initialised default model for this suite (initialised from torch's global RNG)."""
+
+    @abc.abstractmethod
+    def loss(self, prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Mean training loss of one task's predictions (a scalar; used inside inner loops)."""
+
+    @abc.abstractmethod
+    def metric(self, prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """The reported metric of one task's predictions (a scalar tensor)."""
+
+    def describe(self) -> dict[str, Any]:
+        """Extra facts for the record (data files, checksums, ...)."""
+        return {}
+
+
+class Algorithm(abc.ABC):
+    """A meta-learner. Built by `AlgorithmSpec.factory(hparams=, model=, suite=, backend=)`.
+
+    `meta_parameters()` are what is meta-learned (and counted, checkpointed, kept at the best
+    validation score). `adapt` returns the learner's state after 0, 1, ..., `steps` inner steps so
+    the harness can report the metric after each test-time step; `predict(state, x)` evaluates one.
+    """
+
+    def __init__(self, hparams: Any, model: nn.Module, suite: TaskSuite, backend: Any) -> None:
+        self.hparams = hparams
+        self.model = model
+        self.suite = suite
+        self.backend = backend
+        self.device = backend.device
+
+    @property
+    def meta_batch_size(self) -> int:
+        """Tasks per meta-iteration (the hyper-parameter `meta_batch_size` when it has one)."""
+        return int(getattr(self.hparams, "meta_batch_size", 1))
+
+    @property
+    def test_steps(self) -> int:
+        """Inner steps at test time (the hyper-parameter `test_steps` when it has one, else 0)."""
+        return int(getattr(self.hparams, "test_steps", 0))
+
+    @abc.abstractmethod
+    def meta_parameters(self) -> dict[str, torch.Tensor]:
+        """Every meta-learned tensor by name (model weights, learned learning rates, ...)."""
+
+    @abc.abstractmethod
+    def meta_train_step(self, batch: TaskBatch) -> float:
+        """One meta-iteration on `batch` (already on the device); returns the meta-training loss."""
+
+    @abc.abstractmethod
+    def adapt(self, support_x: torch.Tensor, support_y: torch.Tensor, steps: int) -> list[Any]:
+        """Adapt to one task's support set; return states after 0..steps inner steps (len steps+1)."""
+
+    @abc.abstractmethod
+    def predict(self, state: Any, x: torch.Tensor) -> torch.Tensor:
+        """Predictions of an adapted state on inputs `x`."""
+
+    def num_parameters(self) -> int:
+        return sum(int(t.numel()) for t in self.meta_parameters().values())
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """A detached copy of the meta-parameters (the runner keeps the best one)."""
+        return {k: v.detach().clone() for k, v in self.meta_parameters().items()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        with torch.no_grad():
+            for name, tensor in self.meta_parameters().items():
+                tensor.copy_(state[name])
+
+
+class Backend(abc.ABC):
+    """A hardware backend: availability, placement, synchronisation, peak memory, determinism."""
+
+    name: ClassVar[str] = ""
+    memory_kind: ClassVar[str] = ""
+
+    @abc.abstractmethod
+    def availability(self) -> tuple[bool, str]:
+        """(True, "") when usable here, else (False, reason), e.g. (False, "no CUDA device")."""
+
+    @property
+    @abc.abstractmethod
+    def device(self) -> torch.device:
+        """The torch device tensors go to."""
+
+    def configure(self, *, threads: int | None, deterministic: bool) -> dict[str, Any]:
+        """Apply thread count and determinism settings in the cell's process; return what was set."""
+        if threads is not None:
+            torch.set_num_threads(threads)
+        torch.use_deterministic_algorithms(deterministic, warn_only=True)
+        return {"threads": torch.get_num_threads(), "deterministic": deterministic}
+
+    def synchronize(self) -> None:
+        """Wait for queued device work (called around every timed region)."""
+
+    @abc.abstractmethod
+    def reset_peak_memory(self) -> None:
+        """Start a new peak-memory window."""
+
+    @abc.abstractmethod
+    def peak_memory_bytes(self) -> int:
+        """Peak memory since the last reset, in bytes, as this backend measures it (`memory_kind`)."""
+
+    def describe(self) -> dict[str, Any]:
+        """Device facts for the record (GPU name, driver, ...)."""
+        return {}

@@ -1,0 +1,283 @@
+"""Frozen spec objects that plugins register, the grid's Cell, and the TaskBatch episodes travel in."""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from harness.errors import UsageError
+
+TASK_KINDS = ("classification", "regression", "optimisation")
+
+
+@dataclass(frozen=True)
+class AlgorithmSpec:
+    """An algorithm a plugin offers.
+
+    `factory(hparams=..., model=..., suite=..., backend=...)` builds a `harness.base.Algorithm`;
+    `hparams` is a frozen dataclass type whose defaults are the paper's and whose fields the grid
+    may override by name. `task_kinds` says which suites it can run on; the grid skips the rest.
+    """
+
+    name: str
+    factory: Callable[..., Any]
+    hparams: type
+    task_kinds: frozenset[str]
+    description: str
+    paper: str = ""
+    second_order: bool = False
+    version: str = "1"
+    requires: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        _check_spec(self, "algorithm")
+        object.__setattr__(self, "task_kinds", frozenset(self.task_kinds))
+        bad = self.task_kinds - set(TASK_KINDS)
+        if bad:
+            raise ValueError(f"algorithm {self.name!r}: unknown task kinds {sorted(bad)}; valid: {TASK_KINDS}")
+
+
+@dataclass(frozen=True)
+class TaskSuiteSpec:
+    """A task suite a plugin offers: `factory(config)` builds a `harness.base.TaskSuite`.
+
+    `config` is a frozen dataclass type (ways, shots, query, K, ...) whose `__post_init__` rejects
+    impossible settings; the grid overrides its fields by name.
+    """
+
+    name: str
+    factory: Callable[..., Any]
+    config: type
+    task_kind: str
+    description: str
+    paper: str = ""
+    version: str = "1"
+    requires: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        _check_spec(self, "task suite")
+        if self.task_kind not in TASK_KINDS:
+            raise ValueError(f"suite {self.name!r}: unknown task kind {self.task_kind!r}; valid: {TASK_KINDS}")
+
+
+@dataclass(frozen=True)
+class BackendSpec:
+    """A hardware backend: `factory()` builds a `harness.base.Backend`; higher `priority` wins `auto`."""
+
+    name: str
+    factory: Callable[[], Any]
+    description: str
+    priority: int = 0
+    version: str = "1"
+
+
+def _check_spec(spec: Any, kind: str) -> None:
+    if not spec.name or not isinstance(spec.name, str):
+        raise ValueError(f"a {kind} spec needs a non-empty string name, got {spec.name!r}")
+    params = spec.hparams if kind == "algorithm" else spec.config
+    if not dataclasses.is_dataclass(params):
+        raise ValueError(f"{kind} {spec.name!r}: its parameters must be a dataclass type, got {params!r}")
+
+
+@dataclass(frozen=True)
+class Budget:
+    """How long a cell may meta-train and how it is evaluated."""
+
+    iterations: int = 1000
+    time_limit: float | None = None  # seconds of meta-training; stops early, status stays ok
+    timeout: float = 1800.0  # hard limit for the whole cell; past it the cell's process is killed
+    val_interval: int = 100
+    val_episodes: int = 100
+    test_episodes: int = 600
+    test_seed: int = 0
+    threads: int | None = None
+    deterministic: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("iterations", "val_interval", "val_episodes", "test_episodes"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if self.iterations < 1:
+            raise ValueError("iterations must be >= 1")
+        for name in ("time_limit", "timeout"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, (int, float)) or value <= 0):
+                raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
+        if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
+            raise ValueError(f"threads must be a positive integer, got {self.threads!r}")
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return repr(value)
+    if isinstance(value, (list, tuple)):
+        return "(" + ",".join(_fmt(v) for v in value) + ")"
+    return str(value)
+
+
+def format_params(params: Mapping[str, Any]) -> str:
+    """`{'b': 2, 'a': 1}` -> `[a=1,b=2]`; empty -> ``."""
+    if not params:
+        return ""
+    return "[" + ",".join(f"{k}={_fmt(params[k])}" for k in sorted(params)) + "]"
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One grid cell: an algorithm configuration on a suite configuration, a backend and a seed.
+
+    `hparams` and `suite_config` hold only the values the grid set; the runner resolves them
+    against the specs' defaults. The id is a pure function of these fields.
+    """
+
+    algorithm: str
+    hparams: tuple[tuple[str, Any], ...]
+    suite: str
+    suite_config: tuple[tuple[str, Any], ...]
+    backend: str
+    seed: int
+    budget: Budget = field(default_factory=Budget)
+    grid: str = ""
+
+    @property
+    def algorithm_label(self) -> str:
+        return self.algorithm + format_params(dict(self.hparams))
+
+    @property
+    def suite_label(self) -> str:
+        return self.suite + format_params(dict(self.suite_config))
+
+    @property
+    def id(self) -> str:
+        return f"{self.algorithm_label}/{self.suite_label}/{self.backend}/seed={self.seed}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "algorithm": self.algorithm,
+            "hparams": dict(self.hparams),
+            "suite": self.suite,
+            "suite_config": dict(self.suite_config),
+            "backend": self.backend,
+            "seed": self.seed,
+            "budget": dataclasses.asdict(self.budget),
+            "grid": self.grid,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Cell:
+        return cls(
+            algorithm=data["algorithm"],
+            hparams=tuple(sorted(data["hparams"].items())),
+            suite=data["suite"],
+            suite_config=tuple(sorted(data["suite_config"].items())),
+            backend=data["backend"],
+            seed=int(data["seed"]),
+            budget=Budget(**data["budget"]),
+            grid=data.get("grid", ""),
+        )
+
+
+@dataclass(frozen=True)
+class TaskBatch:
+    """Episodes with a leading task dimension: support_x is [tasks, n_support, ...] and so on."""
+
+    support_x: torch.Tensor
+    support_y: torch.Tensor
+    query_x: torch.Tensor
+    query_y: torch.Tensor
+
+    def __post_init__(self) -> None:
+        n = self.support_x.shape[0]
+        for name in ("support_y", "query_x", "query_y"):
+            if getattr(self, name).shape[0] != n:
+                raise ValueError(f"TaskBatch: {name} has {getattr(self, name).shape[0]} tasks, support_x has {n}")
+
+    @property
+    def num_tasks(self) -> int:
+        return int(self.support_x.shape[0])
+
+    def to(self, device: torch.device | str) -> TaskBatch:
+        return TaskBatch(*(t.to(device) for t in (self.support_x, self.support_y, self.query_x, self.query_y)))
+
+    def task(self, i: int) -> TaskBatch:
+        """Episode i with its task dimension kept (size 1)."""
+        return TaskBatch(*(t[i : i + 1] for t in (self.support_x, self.support_y, self.query_x, self.query_y)))
+
+    def slice(self, start: int, stop: int) -> TaskBatch:
+        return TaskBatch(*(t[start:stop] for t in (self.support_x, self.support_y, self.query_x, self.query_y)))
+
+
+def _field_accepts(tp: Any, value: Any) -> bool:
+    """Loose runtime type check of a TOML value against a dataclass field annotation."""
+    if tp is Any:
+        return True
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        return any(_field_accepts(a, value) for a in typing.get_args(tp))
+    if tp is type(None):
+        return value is None
+    if tp is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if tp is bool:
+        return isinstance(value, bool)
+    if tp is str:
+        return isinstance(value, str)
+    if origin in (tuple, list) or tp in (tuple, list):
+        return isinstance(value, (list, tuple))
+    if typing.get_origin(tp) is typing.Literal:
+        return value in typing.get_args(tp)
+    return True
+
+
+def is_sequence_field(params_type: type, name: str) -> bool:
+    """True when field `name` of the dataclass takes a list/tuple as one value (so [[...]] sweeps it)."""
+    hints = typing.get_type_hints(params_type)
+    tp = hints.get(name)
+    candidates = typing.get_args(tp) if typing.get_origin(tp) in (typing.Union, types.UnionType) else (tp,)
+    return any(c in (tuple, list) or typing.get_origin(c) in (tuple, list) for c in candidates)
+
+
+def resolve_params(params_type: type, overrides: Mapping[str, Any], owner: str) -> Any:
+    """Build the params dataclass from overrides, with errors naming the key and what is valid."""
+    fields = {f.name: f for f in dataclasses.fields(params_type)}
+    hints = typing.get_type_hints(params_type)
+    for key, value in overrides.items():
+        if key not in fields:
+            from harness.errors import unknown_name
+
+            raise unknown_name(f"parameter of {owner}", key, fields)
+        if not _field_accepts(hints[key], value):
+            raise UsageError(f"{owner}: parameter {key!r} got {value!r}, expected {_type_name(hints[key])}")
+    values = {}
+    for key, value in overrides.items():
+        if hints[key] is float and isinstance(value, int):
+            value = float(value)
+        if isinstance(value, list):
+            value = tuple(value)
+        values[key] = value
+    try:
+        return params_type(**values)
+    except (ValueError, TypeError) as exc:
+        raise UsageError(f"{owner}: {exc}") from None
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def params_dict(params: Any) -> dict[str, Any]:
+    """A resolved params dataclass as a JSON-friendly dict."""
+    out = {}
+    for key, value in dataclasses.asdict(params).items():
+        out[key] = list(value) if isinstance(value, tuple) else value
+    return out

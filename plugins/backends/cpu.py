@@ -1,0 +1,49 @@
+"""The CPU backend: always available; peak memory is the cell process's resident set (VmHWM)."""
+
+from __future__ import annotations
+
+import platform
+from typing import Any
+
+import torch
+
+from harness import Backend, BackendSpec, hookimpl
+from harness.measure import peak_rss_bytes, reset_peak_rss
+
+
+def cpu_model() -> str:
+    """The CPU's model name (from /proc/cpuinfo on Linux, platform otherwise)."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.lower().startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+class CPUBackend(Backend):
+    name = "cpu"
+    memory_kind = "process peak RSS"
+
+    def availability(self) -> tuple[bool, str]:
+        return True, ""
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device("cpu")
+
+    def reset_peak_memory(self) -> None:
+        reset_peak_rss()
+
+    def peak_memory_bytes(self) -> int:
+        return peak_rss_bytes()
+
+    def describe(self) -> dict[str, Any]:
+        return {"device_name": cpu_model(), "threads": torch.get_num_threads()}
+
+
+@hookimpl
+def harness_register_backends() -> list[BackendSpec]:
+    return [BackendSpec("cpu", CPUBackend, "CPU via torch's default (OpenMP) threads", priority=0)]
