@@ -1,0 +1,384 @@
+"""Runs grid cells: seed, meta-train with validation, meta-test on fixed episodes; failures become statuses.
+
+This module is also the builtin plugin `runner`: it implements `harness_run_cell` (the work) and two
+wrappers around it (seeding and peak memory), so other plugins can wrap the same phase.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import multiprocessing
+import os
+import random
+import sys
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+import pluggy
+import torch
+
+import harness
+from harness.measure import Stopwatch, mean_ci95
+from harness.results import capture_environment, fingerprint
+from harness.specs import Cell, TaskBatch, params_dict, resolve_params
+
+hookimpl = pluggy.HookimplMarker("harness")
+
+#: Iterations at the start of meta-training timed apart (allocator warm-up, lazy init, caches).
+MAX_WARMUP_ITERATIONS = 5
+FAILED_STATUSES = ("failed", "timeout", "diverged")
+
+
+class Diverged(Exception):
+    """A loss or metric became non-finite."""
+
+
+@dataclass
+class CellContext:
+    """Everything `harness_run_cell` implementations need, resolved in the cell's process."""
+
+    cell: Cell
+    algorithm_spec: Any
+    suite_spec: Any
+    backend_spec: Any
+    hparams: Any
+    suite_config: Any
+    seeds: dict[str, int]
+    suite: Any = None
+    backend: Any = None
+    backend_settings: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def stable_seed(*parts: Any) -> int:
+    """A seed in [0, 2**31) that is a pure function of `parts` (JSON-serialisable)."""
+    blob = json.dumps(parts, sort_keys=True, default=str).encode()
+    return int.from_bytes(hashlib.sha256(blob).digest()[:4], "big") & 0x7FFFFFFF
+
+
+def resolve_cell(cell: Cell, registry: Any) -> dict[str, Any]:
+    """Full config, code version, fingerprint and seeds of a cell; raises UsageError on bad params."""
+    a_reg, s_reg, b_reg = registry.algorithm(cell.algorithm), registry.suite(cell.suite), registry.backend(cell.backend)
+    hparams = resolve_params(a_reg.spec.hparams, dict(cell.hparams), f"algorithm {cell.algorithm!r}")
+    suite_config = resolve_params(s_reg.spec.config, dict(cell.suite_config), f"suite {cell.suite!r}")
+    config = {
+        "algorithm": {"name": cell.algorithm, "hparams": params_dict(hparams)},
+        "suite": {"name": cell.suite, "config": params_dict(suite_config)},
+        "backend": cell.backend,
+        "budget": asdict(cell.budget),
+    }
+    plugins = {}
+    for reg in (a_reg, s_reg, b_reg):
+        info = registry.infos.get(reg.plugin)
+        plugins[reg.plugin] = info.version if info is not None else ""
+    code_version = {
+        "harness": harness.__version__,
+        "algorithm": a_reg.spec.version,
+        "suite": s_reg.spec.version,
+        "backend": b_reg.spec.version,
+        "plugins": plugins,
+    }
+    episode_key = (cell.suite, config["suite"]["config"], cell.budget.test_seed)
+    seeds = {
+        "base": cell.seed,
+        "cell": stable_seed(cell.seed, cell.id),
+        # Validation and test episodes depend on (suite configuration, test seed) alone, so every
+        # algorithm, backend and seed of a grid is evaluated on the same episodes (paired comparison).
+        "val": stable_seed("val", *episode_key),
+        "test": stable_seed("test", *episode_key),
+    }
+    return {"config": config, "code_version": code_version, "fingerprint": fingerprint(config, code_version),
+            "seeds": seeds, "hparams": hparams, "suite_config": suite_config}
+
+
+def make_context(cell: Cell, registry: Any, resolved: dict[str, Any]) -> CellContext:
+    """Build suite and backend and apply the backend's thread and determinism settings."""
+    ctx = CellContext(
+        cell=cell,
+        algorithm_spec=registry.algorithm(cell.algorithm).spec,
+        suite_spec=registry.suite(cell.suite).spec,
+        backend_spec=registry.backend(cell.backend).spec,
+        hparams=resolved["hparams"],
+        suite_config=resolved["suite_config"],
+        seeds=resolved["seeds"],
+    )
+    ctx.backend = ctx.backend_spec.factory()
+    ok, reason = ctx.backend.availability()
+    if not ok:
+        raise RuntimeError(f"backend {cell.backend!r} unavailable: {reason}")
+    ctx.backend_settings = ctx.backend.configure(threads=cell.budget.threads, deterministic=cell.budget.deterministic)
+    ctx.suite = ctx.suite_spec.factory(ctx.suite_config)
+    return ctx
+
+
+# --- the cell's work, as hook implementations -------------------------------------------------
+
+
+@hookimpl(wrapper=True, tryfirst=True, specname="harness_run_cell")
+def seed_everything(cell: Cell, context: CellContext) -> Iterator[None]:
+    """Seed Python, NumPy and torch (all devices) from the cell seed before any model is built."""
+    seed = context.seeds["cell"]
+    random.seed(seed)
+    torch.manual_seed(seed)
+    try:
+        import numpy as np
+
+        np.random.seed(seed)
+    except ImportError:  # numpy is optional for plugins; torch is what the harness seeds
+        pass
+    return (yield)
+
+
+@hookimpl(wrapper=True, specname="harness_run_cell")
+def measure_peak_memory(cell: Cell, context: CellContext) -> Iterator[None]:
+    """Peak memory of the cell as its backend measures it (process RSS, CUDA allocator, MPS driver)."""
+    context.backend.synchronize()
+    context.backend.reset_peak_memory()
+    result = yield
+    context.backend.synchronize()
+    result["memory"] = {"peak_bytes": int(context.backend.peak_memory_bytes()), "kind": context.backend.memory_kind}
+    return result
+
+
+@hookimpl(trylast=True)
+def harness_run_cell(cell: Cell, context: CellContext) -> dict[str, Any]:
+    """Meta-train within the budget keeping the best validated parameters, then meta-test."""
+    budget, suite, backend = cell.budget, context.suite, context.backend
+    device = backend.device
+    model = suite.build_model().to(device)
+    algo = context.algorithm_spec.factory(hparams=context.hparams, model=model, suite=suite, backend=backend)
+    train_gen = torch.Generator().manual_seed(context.seeds["cell"])
+    val_batch = suite.sample(budget.val_episodes, torch.Generator().manual_seed(context.seeds["val"]), "val").to(device)
+    test_batch = suite.sample(budget.test_episodes, torch.Generator().manual_seed(context.seeds["test"]), "test").to(device)
+    better = (lambda a, b: a > b) if suite.higher_is_better else (lambda a, b: a < b)
+
+    warmup_n = min(MAX_WARMUP_ITERATIONS, budget.iterations // 10)
+    warmup, steps = Stopwatch(backend.synchronize), Stopwatch(backend.synchronize)
+    curve: list[dict[str, Any]] = []
+    best: dict[str, Any] = {"iteration": 0, "val_metric": None}
+    best_state = algo.state_dict()
+    stopped_by, val_s, losses = "iterations", 0.0, []
+    backend.synchronize()
+    start = time.perf_counter()
+    iteration = 0
+    for iteration in range(1, budget.iterations + 1):
+        batch = suite.sample(algo.meta_batch_size, train_gen, "train").to(device)
+        with (warmup if iteration <= warmup_n else steps).region():
+            loss = float(algo.meta_train_step(batch))
+        if not math.isfinite(loss):
+            raise Diverged(f"meta-training loss became {loss} at iteration {iteration}")
+        losses.append(loss)
+        out_of_time = budget.time_limit is not None and time.perf_counter() - start - val_s >= budget.time_limit
+        if iteration % budget.val_interval == 0 or iteration == budget.iterations or out_of_time:
+            t0 = time.perf_counter()
+            val = _mean_final(evaluate(algo, val_batch, algo.test_steps))
+            val_s += time.perf_counter() - t0
+            if not math.isfinite(val):
+                raise Diverged(f"validation {suite.metric_name} became {val} at iteration {iteration}")
+            recent = losses[-budget.val_interval:]
+            curve.append({"iteration": iteration, "train_loss": sum(recent) / len(recent), "val_metric": val,
+                          "elapsed_s": time.perf_counter() - start})
+            if best["val_metric"] is None or better(val, best["val_metric"]):
+                best = {"iteration": iteration, "val_metric": val}
+                best_state = algo.state_dict()
+        if out_of_time:
+            stopped_by = "time_limit"
+            break
+    backend.synchronize()
+    train_wall = time.perf_counter() - start
+    algo.load_state_dict(best_state)
+
+    latency = Stopwatch(backend.synchronize)
+    t0 = time.perf_counter()
+    per_step = evaluate(algo, test_batch, algo.test_steps, latency)
+    test_s = time.perf_counter() - t0
+    summary = []
+    for step, values in enumerate(per_step):
+        mean, ci, _ = mean_ci95(values)
+        summary.append({"step": step, "mean": mean, "ci95": ci})
+    mean, ci, std = mean_ci95(per_step[-1])
+    if not math.isfinite(mean):
+        raise Diverged(f"test {suite.metric_name} is {mean}")
+    return {
+        "metric": {"name": suite.metric_name, "higher_is_better": suite.higher_is_better, "mean": mean,
+                   "ci95": ci, "std": std, "n": len(per_step[-1]), "final_step": len(per_step) - 1,
+                   "per_step": summary},
+        "timings": {"meta_train_s": train_wall - warmup.total - val_s, "warmup_s": warmup.total,
+                    "warmup_iterations": len(warmup.samples), "iterations": iteration, "stopped_by": stopped_by,
+                    "validation_s": val_s, "time_per_iteration_s": steps.median if steps.samples else warmup.median,
+                    "adapt_latency_s": latency.median, "test_s": test_s},
+        "params": algo.num_parameters(),
+        "curve": curve,
+        "best": best,
+    }
+
+
+def evaluate(algo: Any, batch: TaskBatch, steps: int, latency: Stopwatch | None = None) -> list[list[float]]:
+    """Metric per test-time step (0..steps) per episode; `latency` times each episode's adaptation."""
+    per_step: list[list[float]] = [[] for _ in range(steps + 1)]
+    for i in range(batch.num_tasks):
+        sx, sy, qx, qy = batch.support_x[i], batch.support_y[i], batch.query_x[i], batch.query_y[i]
+        if latency is not None:
+            with latency.region():
+                states = algo.adapt(sx, sy, steps)
+        else:
+            states = algo.adapt(sx, sy, steps)
+        if len(states) != steps + 1:
+            raise RuntimeError(f"{type(algo).__name__}.adapt returned {len(states)} states for {steps} steps; "
+                               f"it must return steps + 1 (the state before adapting, then one per step)")
+        with torch.no_grad():
+            for step, state in enumerate(states):
+                per_step[step].append(float(algo.suite.metric(algo.predict(state, qx), qy)))
+    return per_step
+
+
+def _mean_final(per_step: list[list[float]]) -> float:
+    values = per_step[-1]
+    return math.fsum(values) / len(values)
+
+
+# --- executing a cell: in this process or in a child ----------------------------------------
+
+
+def execute_cell(cell: Cell, registry: Any) -> dict[str, Any]:
+    """Run one cell here; never raises for the cell's own failures, returns status and reason."""
+    resolved = resolve_cell(cell, registry)
+    outcome: dict[str, Any] = {"status": "ok", "reason": "", "result": {}, "environment": {}}
+    try:
+        context = make_context(cell, registry, resolved)
+        outcome["environment"] = capture_environment({**context.backend.describe(), **context.backend_settings})
+        outcome["result"] = registry.hook.harness_run_cell(cell=cell, context=context)
+    except Diverged as exc:
+        outcome.update(status="diverged", reason=str(exc))
+    except Exception as exc:
+        outcome.update(status="failed", reason=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc())
+    if not outcome["environment"]:
+        outcome["environment"] = capture_environment()
+    return outcome
+
+
+def _child_main(conn: Any, load_args: dict[str, Any], cell_dict: dict[str, Any]) -> None:
+    from harness.registry import HarnessPluginManager
+
+    try:
+        registry = HarnessPluginManager().load_all(**load_args)
+        outcome = execute_cell(Cell.from_dict(cell_dict), registry)
+    except BaseException as exc:  # noqa: BLE001 - report anything to the parent rather than dying silently
+        outcome = {"status": "failed", "reason": f"{type(exc).__name__}: {exc}", "result": {},
+                   "environment": {}, "traceback": traceback.format_exc()}
+    conn.send(outcome)
+    conn.close()
+
+
+def _mp_context() -> Any:
+    if sys.platform.startswith("linux"):
+        ctx = multiprocessing.get_context("forkserver")
+        # The fork server imports torch once; each cell forks from it (fast) without inheriting
+        # any CUDA state or threads from the main process (safe).
+        ctx.set_forkserver_preload(["torch", "harness.runner"])
+        return ctx
+    return multiprocessing.get_context("spawn")
+
+
+def execute_cell_subprocess(cell: Cell, load_args: dict[str, Any]) -> dict[str, Any]:
+    """Run one cell in a child process with a hard timeout (`budget.timeout` seconds)."""
+    ctx = _mp_context()
+    receiver, sender = ctx.Pipe(duplex=False)
+    process = ctx.Process(target=_child_main, args=(sender, load_args, cell.to_dict()), daemon=True)
+    process.start()
+    sender.close()
+    outcome: dict[str, Any] | None = None
+    try:
+        if receiver.poll(cell.budget.timeout):
+            try:
+                outcome = receiver.recv()
+            except EOFError:
+                process.join(10)
+                outcome = {"status": "failed", "reason": f"cell process died with exit code {process.exitcode} "
+                           "before reporting (killed by the OS for memory, or a crash in native code)",
+                           "result": {}, "environment": {}}
+        else:
+            outcome = {"status": "timeout", "reason": f"cell exceeded its timeout of {cell.budget.timeout:g} s "
+                       "and its process was killed", "result": {}, "environment": {}}
+    finally:
+        if process.is_alive():
+            process.join(5 if outcome is not None and outcome["status"] != "timeout" else 0)
+        if process.is_alive():
+            process.kill()
+            process.join()
+        receiver.close()
+    if not outcome["environment"]:
+        outcome["environment"] = capture_environment()
+    return outcome
+
+
+def build_record(cell: Cell, resolved: dict[str, Any], outcome: dict[str, Any], *, mode: str,
+                 started_at: str, finished_at: str) -> dict[str, Any]:
+    """Assemble the versioned record written to the results store."""
+    from harness.results import SCHEMA_VERSION
+
+    record: dict[str, Any] = {
+        "schema": SCHEMA_VERSION,
+        "cell_id": cell.id,
+        "cell": cell.to_dict(),
+        "config": resolved["config"],
+        "fingerprint": resolved["fingerprint"],
+        "code_version": resolved["code_version"],
+        "seeds": resolved["seeds"],
+        "status": outcome["status"],
+        "reason": outcome.get("reason", ""),
+        "environment": outcome.get("environment", {}),
+        "execution": {"mode": mode, "exclusive": True},
+        "started_at": started_at,
+        "finished_at": finished_at,
+    }
+    for key in ("metric", "timings", "memory", "params", "curve", "best"):
+        record[key] = outcome.get("result", {}).get(key)
+    if record["timings"] is not None:
+        record["timings"]["cell_s"] = (datetime.fromisoformat(finished_at) - datetime.fromisoformat(started_at)).total_seconds()
+    if "traceback" in outcome:
+        record["traceback"] = outcome["traceback"]
+    return record
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat()
+
+
+def run_one(cell: Cell, registry: Any, *, in_process: bool = False,
+            resolved: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Run a cell (child process unless `in_process`) and return its record (not yet stored)."""
+    resolved = resolved or resolve_cell(cell, registry)
+    started = now_iso()
+    if in_process:
+        outcome = execute_cell(cell, registry)
+    else:
+        outcome = execute_cell_subprocess(cell, _absolute_load_args(registry.load_args))
+    return build_record(cell, resolved, outcome, mode="in-process" if in_process else "subprocess",
+                        started_at=started, finished_at=now_iso())
+
+
+def _absolute_load_args(load_args: dict[str, Any]) -> dict[str, Any]:
+    args = dict(load_args)
+    args["plugins"] = [os.path.abspath(p) if p.endswith(".py") else p for p in load_args.get("plugins", [])]
+    return args
+
+
+def skipped_record(cell: Cell, registry: Any, status: str, reason: str) -> dict[str, Any]:
+    """The record of a cell that does not run (impossible pair or unavailable backend/plugin)."""
+    try:
+        resolved = resolve_cell(cell, registry)
+    except Exception:  # an unavailable plugin may not resolve; the record still says why
+        resolved = {"config": {}, "fingerprint": "", "code_version": {"harness": harness.__version__}, "seeds": {}}
+    now = now_iso()
+    return build_record(cell, resolved, {"status": status, "reason": reason, "environment": {}},
+                        mode="none", started_at=now, finished_at=now)
+
+
+ProgressCallback = Callable[[int, int, Cell, dict[str, Any] | None], None]

@@ -1,0 +1,49 @@
+"""The MPS backend (Apple silicon GPUs); peak memory is the MPS driver's allocated-memory figure."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from harness import Backend, BackendSpec, hookimpl
+
+
+class MPSBackend(Backend):
+    name = "mps"
+    memory_kind = "torch.mps.driver_allocated_memory (peak of samples)"
+
+    def __init__(self) -> None:
+        self._peak = 0
+
+    def availability(self) -> tuple[bool, str]:
+        if not torch.backends.mps.is_built():
+            return False, "this torch build has no MPS support (MPS needs macOS on Apple silicon)"
+        if not torch.backends.mps.is_available():
+            return False, "no MPS device (needs macOS 12.3+ on Apple silicon)"
+        return True, ""
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device("mps")
+
+    def synchronize(self) -> None:
+        torch.mps.synchronize()
+        # The MPS driver exposes only the current figure, so the peak is sampled at every sync
+        # (the runner synchronises around each timed region).
+        self._peak = max(self._peak, int(torch.mps.driver_allocated_memory()))
+
+    def reset_peak_memory(self) -> None:
+        torch.mps.empty_cache()
+        self._peak = int(torch.mps.driver_allocated_memory())
+
+    def peak_memory_bytes(self) -> int:
+        return max(self._peak, int(torch.mps.driver_allocated_memory()))
+
+    def describe(self) -> dict[str, Any]:
+        return {"gpu_name": "Apple MPS"}
+
+
+@hookimpl
+def harness_register_backends() -> list[BackendSpec]:
+    return [BackendSpec("mps", MPSBackend, "Apple-silicon GPU through Metal Performance Shaders", priority=10)]
