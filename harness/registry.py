@@ -199,7 +199,7 @@ class HarnessPluginManager(pluggy.PluginManager):
         for hook_name, table, spec_type in tables:
             table.clear()
             hook = getattr(self.hook, hook_name)
-            for impl in reversed(hook.get_hookimpls()):  # registration order
+            for impl in hook.get_hookimpls():  # registration order
                 plugin = impl.plugin_name
                 try:
                     result = impl.function()

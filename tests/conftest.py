@@ -1,0 +1,57 @@
+"""Shared fixtures: a plugin manager, tiny grids written to temp files, and the CLI in a subprocess."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from harness.registry import build_plugin_manager
+
+FIXTURES = Path(__file__).parent / "fixtures"
+FAULTY = str(FIXTURES / "faulty_plugin.py")
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def registry():
+    """Builtin plugins only (entry points off, so an installed third-party plugin cannot interfere)."""
+    return build_plugin_manager(entry_points=False)
+
+
+@pytest.fixture(scope="session")
+def faulty_registry():
+    return build_plugin_manager([FAULTY], entry_points=False)
+
+
+TINY_BUDGET = """
+[budget]
+iterations = 12
+val_interval = 6
+val_episodes = 4
+test_episodes = 6
+timeout = 120
+"""
+
+
+@pytest.fixture
+def write_grid(tmp_path):
+    """Write a grid file from a TOML body (a tiny budget is appended unless the body has one)."""
+
+    def write(body: str, name: str = "tiny") -> Path:
+        path = tmp_path / f"{name}.toml"
+        text = f'name = "{name}"\n' + body + ("" if "[budget]" in body else TINY_BUDGET)
+        path.write_text(text)
+        return path
+
+    return write
+
+
+def run_cli(*args: str, cwd: Path, env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run `harness ...` as a user would, in a fresh interpreter."""
+    full_env = {**os.environ, "HARNESS_DISABLE_PLUGIN_AUTOLOAD": "1", **(env or {})}
+    return subprocess.run([sys.executable, "-m", "harness.cli", *args], cwd=cwd, env=full_env,
+                          capture_output=True, text=True, timeout=timeout)

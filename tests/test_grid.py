@@ -1,0 +1,134 @@
+"""Grid files: expansion into cells with deterministic ids, skipped pairs, and errors with file:line and key."""
+
+from __future__ import annotations
+
+import pytest
+
+from harness.errors import GridError, UsageError
+from harness.grid import load_grid
+
+SINUSOID_BLOCK = """
+[[block]]
+algorithms = ["maml", "reptile"]
+suites = [{ name = "sinusoid", shots = [5, 10] }]
+"""
+
+
+def test_shipped_grids_expand(registry):
+    smoke = load_grid("smoke", registry)
+    assert {c.algorithm for c in smoke.cells} == {"maml", "fomaml", "metasgd", "reptile", "pretrain"}
+    assert all(c.backend == registry.auto_backend() for c in smoke.cells)
+    default = load_grid("default", registry)
+    assert len(default.cells) == 10
+    full = load_grid("full", registry)
+    assert {c.algorithm for c in full.cells} == set(registry.algorithms)
+    assert {c.seed for c in full.cells} == {0, 1, 2}
+
+
+def test_cartesian_expansion_and_deterministic_ids(registry, write_grid):
+    path = write_grid('seeds = [0, 1]\n' + SINUSOID_BLOCK.replace('"reptile"', '{ name = "reptile", inner_lr = [0.01, 0.02] }'))
+    grid = load_grid(str(path), registry)
+    ids = [c.id for c in grid.cells]
+    assert len(ids) == len(set(ids)) == 2 * 3 * 2  # shots x (maml + 2 reptile lrs) x seeds
+    assert "reptile[inner_lr=0.02]/sinusoid[shots=10]/cpu/seed=1" in ids
+    assert "maml/sinusoid[shots=5]/cpu/seed=0" in ids
+    assert [c.id for c in load_grid(str(path), registry).cells] == ids
+
+
+def test_cli_filters_and_overrides(registry, write_grid):
+    path = write_grid(SINUSOID_BLOCK)
+    grid = load_grid(str(path), registry, algorithms=["reptile"], seeds=3, backends=["cpu"])
+    assert {c.algorithm for c in grid.cells} == {"reptile"}
+    assert {c.seed for c in grid.cells} == {0, 1, 2}
+    with pytest.raises(UsageError, match="Did you mean 'reptile'"):
+        load_grid(str(path), registry, algorithms=["reptil"])
+    with pytest.raises(UsageError, match="unknown backend 'tpu'"):
+        load_grid(str(path), registry, backends=["tpu"])
+
+
+def test_union_of_blocks_merges_identical_cells(registry, write_grid):
+    path = write_grid(SINUSOID_BLOCK + SINUSOID_BLOCK)
+    assert len(load_grid(str(path), registry).cells) == 4
+
+
+def test_same_cell_with_two_budgets_is_an_error(registry, write_grid):
+    path = write_grid(SINUSOID_BLOCK + SINUSOID_BLOCK + "budget = { iterations = 99 }\n")
+    with pytest.raises(GridError, match="different budgets"):
+        load_grid(str(path), registry)
+
+
+def test_impossible_pairs_are_skipped_with_reason(faulty_registry, write_grid):
+    path = write_grid('[[block]]\nalgorithms = ["classify-only", "healthy"]\nsuites = ["sinusoid"]\n')
+    grid = load_grid(str(path), faulty_registry)
+    assert [c.algorithm for c in grid.cells] == ["healthy"]
+    (skipped,) = grid.skipped
+    assert skipped.status == "skipped"
+    assert "supports classification" in skipped.reason and "regression" in skipped.reason
+
+
+def test_unavailable_backend_cells_are_skipped_with_reason(registry, write_grid):
+    if registry.backends["cuda"].available:
+        pytest.skip("this machine has a CUDA device")
+    path = write_grid('backends = ["cpu", "cuda"]\n' + SINUSOID_BLOCK)
+    grid = load_grid(str(path), registry)
+    assert {c.backend for c in grid.cells} == {"cpu"}
+    assert len(grid.skipped) == 4
+    assert all(s.status == "unavailable" and "cuda" in s.reason for s in grid.skipped)
+
+
+def test_malformed_toml_names_file_and_line(registry, write_grid):
+    path = write_grid('[[block]]\nalgorithms = ["maml"\nsuites = ["sinusoid"]\n')
+    with pytest.raises(GridError, match=rf"{path}.*line \d+"):
+        load_grid(str(path), registry)
+
+
+def test_unknown_algorithm_in_grid_names_line_and_suggests(registry, write_grid):
+    path = write_grid('[[block]]\nalgorithms = ["mmal"]\nsuites = ["sinusoid"]\n')
+    with pytest.raises(GridError) as info:
+        load_grid(str(path), registry)
+    message = str(info.value)
+    line = path.read_text().splitlines().index('algorithms = ["mmal"]') + 1
+    assert f"{path}:{line}" in message and "'algorithms'" in message and "Did you mean 'maml'" in message
+
+
+def test_unknown_hyper_parameter_lists_valid_ones(registry, write_grid):
+    path = write_grid('[[block]]\nalgorithms = [{ name = "maml", inner_lrr = 0.1 }]\nsuites = ["sinusoid"]\n')
+    with pytest.raises(GridError, match=r"key 'inner_lrr'.*Did you mean 'inner_lr'.*inner_steps"):
+        load_grid(str(path), registry)
+
+
+def test_wrong_type_of_hyper_parameter(registry, write_grid):
+    path = write_grid('[[block]]\nalgorithms = [{ name = "maml", inner_steps = "two" }]\nsuites = ["sinusoid"]\n')
+    with pytest.raises(GridError, match=r"inner_steps.*'two'.*expected int"):
+        load_grid(str(path), registry)
+
+
+@pytest.mark.parametrize("setting", ["shots = 0", "shots = -3", "query = 0", "test_shots = 0"])
+def test_impossible_suite_settings(registry, write_grid, setting):
+    path = write_grid(f'[[block]]\nalgorithms = ["maml"]\nsuites = [{{ name = "sinusoid", {setting} }}]\n')
+    key = setting.split()[0]
+    with pytest.raises(GridError, match=rf"{path}:\d+: key '{key}'.*positive integer"):
+        load_grid(str(path), registry)
+
+
+def test_unknown_top_level_and_budget_keys(registry, write_grid):
+    with pytest.raises(GridError, match=r"key 'seed'.*valid keys:.*seeds"):
+        load_grid(str(write_grid("seed = 3\n" + SINUSOID_BLOCK)), registry)
+    path = write_grid(SINUSOID_BLOCK + "[budget]\niterationz = 5\n", name="b")
+    with pytest.raises(GridError, match=r"key 'iterationz'.*valid keys:.*iterations"):
+        load_grid(str(path), registry)
+    path = write_grid(SINUSOID_BLOCK + "[budget]\niterations = 0\n", name="c")
+    with pytest.raises(GridError, match=r"iterations must be a positive integer"):
+        load_grid(str(path), registry)
+
+
+def test_unknown_grid_name_and_missing_file(registry):
+    with pytest.raises(UsageError, match=r"unknown grid 'smok'.*Did you mean 'smoke'.*default"):
+        load_grid("smok", registry)
+    with pytest.raises(UsageError, match="does not exist"):
+        load_grid("no/such/grid.toml", registry)
+
+
+def test_block_without_suites_is_an_error(registry, write_grid):
+    with pytest.raises(GridError, match="'suites'.*needs suites"):
+        load_grid(str(write_grid('[[block]]\nalgorithms = ["maml"]\n')), registry)

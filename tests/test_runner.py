@@ -1,0 +1,134 @@
+"""The runner: seeding, statuses for failures, hard timeouts, identical reruns, resume, shared test episodes."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from harness.grid import load_grid
+from harness.results import ResultStore
+from harness.runner import resolve_cell, run_one, stable_seed
+from harness.session import run_grid
+
+TWO_ALGOS = """
+[[block]]
+algorithms = ["maml", "pretrain"]
+suites = [{ name = "sinusoid", shots = 5 }]
+"""
+
+
+def _metrics(records):
+    return {r["cell_id"]: (r["metric"]["mean"], [s["mean"] for s in r["metric"]["per_step"]],
+                           [c["val_metric"] for c in r["curve"]], r["params"]) for r in records}
+
+
+def test_record_has_every_measurement(registry, write_grid, tmp_path):
+    grid = load_grid(str(write_grid(TWO_ALGOS)), registry)
+    outcome = run_grid(grid, registry, ResultStore(tmp_path / "results"), in_process=True, progress=False)
+    assert len(outcome.records) == 2 and not outcome.failed
+    record = next(r for r in outcome.records if r["cell"]["algorithm"] == "maml")
+    assert record["status"] == "ok" and record["reason"] == ""
+    metric = record["metric"]
+    assert metric["name"] == "mse" and metric["higher_is_better"] is False and metric["n"] == 6
+    assert [s["step"] for s in metric["per_step"]] == list(range(11))  # MAML tests with 10 steps
+    assert metric["mean"] == metric["per_step"][-1]["mean"] and metric["ci95"] > 0
+    timings = record["timings"]
+    assert timings["iterations"] == 12 and timings["warmup_iterations"] == 1 and timings["stopped_by"] == "iterations"
+    assert 0 < timings["time_per_iteration_s"] < timings["meta_train_s"]
+    assert timings["adapt_latency_s"] > 0 and timings["warmup_s"] > 0
+    assert record["memory"]["peak_bytes"] > 10 * 2**20 and record["memory"]["kind"]
+    assert record["params"] == 1 * 40 + 40 + 40 * 40 + 40 + 40 + 1
+    assert [c["iteration"] for c in record["curve"]] == [6, 12]
+    assert record["best"]["iteration"] in (6, 12)
+    assert record["config"]["algorithm"]["hparams"]["inner_lr"] == 0.01
+    assert record["environment"]["torch"] and record["execution"]["mode"] == "in-process"
+
+
+def test_every_algorithm_and_seed_sees_the_same_test_episodes(registry, write_grid):
+    grid = load_grid(str(write_grid("seeds = [0, 1]\n" + TWO_ALGOS)), registry)
+    seeds = [resolve_cell(c, registry)["seeds"] for c in grid.cells]
+    assert len({s["test"] for s in seeds}) == 1 and len({s["val"] for s in seeds}) == 1
+    assert len({s["cell"] for s in seeds}) == len(seeds)
+
+
+def test_same_grid_same_seed_gives_identical_numbers(registry, write_grid, tmp_path):
+    grid = load_grid(str(write_grid(TWO_ALGOS)), registry)
+    first = run_grid(grid, registry, ResultStore(tmp_path / "a"), progress=False)
+    second = run_grid(grid, registry, ResultStore(tmp_path / "b"), progress=False)
+    in_process = run_grid(grid, registry, ResultStore(tmp_path / "c"), in_process=True, progress=False)
+    assert first.records[0]["execution"]["mode"] == "subprocess"
+    assert _metrics(first.records) == _metrics(second.records) == _metrics(in_process.records)
+
+
+def test_different_seed_gives_different_numbers(registry, write_grid, tmp_path):
+    grid = load_grid(str(write_grid("seeds = [0, 1]\n" + TWO_ALGOS)), registry, algorithms=["maml"])
+    records = run_grid(grid, registry, ResultStore(tmp_path), in_process=True, progress=False).records
+    assert records[0]["metric"]["mean"] != records[1]["metric"]["mean"]
+
+
+def test_failures_become_records_and_the_grid_goes_on(faulty_registry, write_grid, tmp_path):
+    body = """
+[[block]]
+algorithms = ["raises", "nan", { name = "sleeps", sleep_s = 120.0 }, "healthy"]
+suites = [{ name = "sinusoid", shots = 5 }]
+budget = { iterations = 12, val_interval = 6, val_episodes = 4, test_episodes = 6, timeout = 8 }
+"""
+    grid = load_grid(str(write_grid(body)), faulty_registry)
+    store = ResultStore(tmp_path)
+    outcome = run_grid(grid, faulty_registry, store, progress=False)
+    by_algo = {r["cell"]["algorithm"]: r for r in outcome.records}
+    assert by_algo["raises"]["status"] == "failed"
+    assert "RuntimeError: injected failure" in by_algo["raises"]["reason"]
+    assert "injected failure" in by_algo["raises"]["traceback"]
+    assert by_algo["nan"]["status"] == "diverged" and "iteration 3" in by_algo["nan"]["reason"]
+    assert by_algo["sleeps"]["status"] == "timeout" and "8 s" in by_algo["sleeps"]["reason"]
+    assert by_algo["healthy"]["status"] == "ok" and math.isfinite(by_algo["healthy"]["metric"]["mean"])
+    assert {r["status"] for r in outcome.failed} == {"failed", "diverged", "timeout"}
+    assert sorted(r["cell_id"] for r in store.iter_records()) == sorted(by_algo[a]["cell_id"] for a in by_algo)
+
+
+def test_rerun_skips_completed_cells_and_force_appends(registry, write_grid, tmp_path):
+    grid = load_grid(str(write_grid(TWO_ALGOS)), registry)
+    store = ResultStore(tmp_path)
+    first = run_grid(grid, registry, store, in_process=True, progress=False)
+    again = run_grid(grid, registry, store, in_process=True, progress=False)
+    assert (again.ran, again.reused) == (0, 2)
+    assert _metrics(again.records) == _metrics(first.records)
+    forced = run_grid(grid, registry, store, in_process=True, force=True, progress=False)
+    assert forced.ran == 2
+    cell_id = grid.cells[0].id
+    assert len(store.records_for(cell_id)) == 2  # the old record is kept
+
+
+def test_changed_config_is_not_reused(registry, write_grid, tmp_path):
+    store = ResultStore(tmp_path)
+    run_grid(load_grid(str(write_grid(TWO_ALGOS)), registry), registry, store, in_process=True, progress=False)
+    longer = write_grid(TWO_ALGOS + "[budget]\niterations = 14\nval_interval = 7\nval_episodes = 4\n"
+                        "test_episodes = 6\n", name="longer")
+    again = run_grid(load_grid(str(longer), registry), registry, store, in_process=True, progress=False)
+    assert again.ran == 2
+
+
+def test_time_limit_stops_meta_training_early(registry, write_grid, tmp_path):
+    body = TWO_ALGOS + "[budget]\niterations = 100000\ntime_limit = 1.0\nval_interval = 1000\nval_episodes = 2\ntest_episodes = 2\n"
+    grid = load_grid(str(write_grid(body)), registry, algorithms=["pretrain"])
+    (record,) = run_grid(grid, registry, ResultStore(tmp_path), in_process=True, progress=False).records
+    assert record["status"] == "ok"
+    assert record["timings"]["stopped_by"] == "time_limit"
+    assert 1 < record["timings"]["iterations"] < 100000
+    assert record["curve"][-1]["iteration"] == record["timings"]["iterations"]
+
+
+def test_bad_hyper_parameter_fails_before_any_cell_runs(registry, tmp_path):
+    from harness.errors import UsageError
+    from harness.specs import Budget, Cell
+
+    cell = Cell("maml", (("inner_lrr", 0.1),), "sinusoid", (), "cpu", 0, Budget(iterations=2))
+    with pytest.raises(UsageError, match="inner_lrr"):
+        run_one(cell, registry)
+
+
+def test_stable_seed_is_a_pure_function():
+    assert stable_seed(0, "a") == stable_seed(0, "a") != stable_seed(1, "a")
+    assert 0 <= stable_seed("x") < 2**31
