@@ -1,0 +1,398 @@
+"""Leaderboards as pure functions of result records: pandas tables as Markdown, CSV, LaTeX, terminal text."""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from tabulate import tabulate
+
+from harness.errors import UsageError
+from harness.measure import mean_ci95
+from harness.results import atomic_write_text, record_time, slugify
+from harness.specs import format_params
+
+FORMATS = {"md": ".md", "csv": ".csv", "latex": ".tex"}
+NO_GRID = "adhoc"  # directory for cells run without a grid name
+MAX_STEP_COLUMNS = 4
+_MIB = 2**20
+_TEXT_COLUMNS = ("algorithm", "backend", "reported")
+_METRIC_NAMES = {"mse": "MSE", "mae": "MAE", "nll": "NLL", "rmse": "RMSE", "acc": "accuracy"}
+
+
+def _suite_label(cell: Mapping[str, Any]) -> str:
+    return str(cell.get("suite", "?")) + format_params(cell.get("suite_config") or {})
+
+
+def _algorithm_label(cell: Mapping[str, Any]) -> str:
+    return str(cell.get("algorithm", "?")) + format_params(cell.get("hparams") or {})
+
+
+def _mean(values: Iterable[Any]) -> float:
+    vals = [float(v) for v in values if isinstance(v, (int, float)) and not math.isnan(v)]
+    return math.fsum(vals) / len(vals) if vals else math.nan
+
+
+def _pick_steps(rows: list[dict[str, Any]]) -> list[int]:
+    """Steps worth a column: 1, 5, 10 and the last one, when they exist and add something."""
+    steps = sorted({s for r in rows for s in r["_per_step"] if s > 0})
+    if not steps:
+        return []
+    chosen = [s for s in (1, 5, 10) if s in steps] or steps[:1]
+    chosen = sorted({*chosen, steps[-1]})[:MAX_STEP_COLUMNS]
+    finals = {r["final_step"] for r in rows}
+    if chosen == list(finals):  # the only step column would repeat the headline metric
+        return []
+    return chosen
+
+
+def _aggregate(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """One leaderboard row from the latest ok record of each seed of one algorithm configuration."""
+    metrics = [r.get("metric") or {} for r in records]
+    seed_means = [m.get("mean") for m in metrics if isinstance(m.get("mean"), (int, float))]
+    episode_ci = _mean(m.get("ci95") for m in metrics)
+    if len(seed_means) > 1:
+        mean, ci, _ = mean_ci95(seed_means)
+        ci_over = "seeds"
+    else:
+        mean, ci, ci_over = (seed_means[0] if seed_means else math.nan), episode_ci, "episodes"
+    per_step: dict[int, list[float]] = defaultdict(list)
+    for m in metrics:
+        for entry in m.get("per_step") or []:
+            if isinstance(entry.get("step"), int) and isinstance(entry.get("mean"), (int, float)):
+                per_step[entry["step"]].append(entry["mean"])
+    timings = [r.get("timings") or {} for r in records]
+    peaks = [(r.get("memory") or {}).get("peak_bytes") for r in records]
+    peaks = [p for p in peaks if isinstance(p, (int, float))]
+    params = [r.get("params") for r in records if isinstance(r.get("params"), int)]
+    return {
+        "seeds": len(records),
+        "metric_mean": mean,
+        "metric_ci95": ci,
+        "ci_over": ci_over,
+        "episode_ci95": episode_ci,
+        "test_episodes": max((m.get("n") or 0 for m in metrics), default=0) or None,
+        "meta_train_s": _mean(t.get("meta_train_s") for t in timings),
+        "time_per_iter_ms": _mean(t.get("time_per_iteration_s") for t in timings) * 1e3,
+        "adapt_latency_ms": _mean(t.get("adapt_latency_s") for t in timings) * 1e3,
+        "peak_memory_mib": max(peaks) / _MIB if peaks else math.nan,
+        "params": params[0] if params else None,
+        "_per_step": {step: math.fsum(v) / len(v) for step, v in per_step.items()},
+        "final_step": metrics[0].get("final_step") if metrics else None,
+    }
+
+
+def _lookup_reported(
+    reported: Mapping[Any, Any], suite: str, suite_label: str, algo: str, algo_label: str
+) -> str:
+    for key in ((suite_label, algo_label), (suite_label, algo), (suite, algo_label), (suite, algo)):
+        if key in reported:
+            return str(reported[key])
+    return ""
+
+
+def _describe(records: list[dict[str, Any]], metric: str, higher: bool, ci_over: set[str]) -> str:
+    """One line saying what the numbers are, for the top of the table."""
+    if not records:
+        return "No cell of this table completed; the notes below say why."
+    ns = sorted({(r.get("metric") or {}).get("n") for r in records} - {None})
+    episodes = f"{ns[0]}" if len(ns) == 1 else (f"{ns[0]} to {ns[-1]}" if ns else "?")
+    if ci_over == {"seeds"}:
+        ci_text = (
+            "mean over seeds ± 95% t-interval over seeds (episode CI: mean per-seed 95% CI over episodes)"
+        )
+    elif ci_over == {"episodes"}:
+        ci_text = "one seed, mean ± 95% CI over test episodes"
+    else:
+        ci_text = (
+            "± is the 95% t-interval over seeds where a row has several, else the 95% CI over test episodes"
+        )
+    machines, torches = Counter(), Counter()
+    for r in records:
+        env = r.get("environment") or {}
+        cpu = (env.get("cpu") or {}).get("model") or "unknown CPU"
+        machines[cpu + (f" + {env['gpu']}" if env.get("gpu") else "")] += 1
+        torches[str(env.get("torch", "?"))] += 1
+    what = f"{_METRIC_NAMES.get(metric, metric)} ({'higher' if higher else 'lower'} is better)"
+    machine = f"machine: {'; '.join(sorted(machines))}; torch {', '.join(sorted(torches))}"
+    return f"{what} on {episodes} test episodes per seed; {ci_text}; {machine}."
+
+
+def _failure_note(failed: list[dict[str, Any]]) -> str:
+    cells = [f"{r.get('cell_id')}: {r.get('status')}" + (f" ({r['reason']})" if r.get("reason") else "")
+             for r in sorted(failed, key=lambda r: r.get("cell_id", ""))]  # fmt: skip
+    return "cells without a result: " + "; ".join(cells)
+
+
+def _build_table(grid: str, suite_label: str, records: list[dict[str, Any]], reported: Any) -> pd.DataFrame:
+    """One leaderboard from the latest record of every cell of one (grid, suite label)."""
+    ok = [r for r in records if r.get("status") == "ok"]
+    names = Counter((r.get("metric") or {}).get("name", "metric") for r in ok)
+    metric = names.most_common(1)[0][0] if names else "metric"
+    higher = bool(next((r["metric"].get("higher_is_better") for r in ok if r.get("metric")), False))
+    rows_by: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+    for r in ok:
+        cell = r.get("cell") or {}
+        rows_by[(_algorithm_label(cell), str(cell.get("backend", "?")))].append(r)
+    rows = []
+    for (algo_label, backend), recs in sorted(rows_by.items()):
+        cell = recs[0].get("cell") or {}
+        row = {"grid": grid, "suite": suite_label, "algorithm": algo_label, "backend": backend}
+        row.update(metric=metric, higher_is_better=higher, **_aggregate(recs))
+        if reported is not None:
+            suite, algo = str(cell.get("suite")), str(cell.get("algorithm"))
+            row["reported"] = _lookup_reported(reported, suite, suite_label, algo, algo_label)
+        rows.append(row)
+    steps = _pick_steps(rows)
+    for row in rows:
+        per_step = row.pop("_per_step")
+        row.update({f"metric_step_{step}": per_step.get(step, math.nan) for step in steps})
+    columns = [
+        *_COLUMNS_HEAD,
+        *(f"metric_step_{s}" for s in steps),
+        *(["reported"] if reported is not None else []),
+    ]
+    frame = pd.DataFrame(rows, columns=[*columns, *_COLUMNS_TAIL])
+    if len(frame):
+        frame["rank"] = frame["metric_mean"].rank(method="min", ascending=not higher, na_option="keep")
+        frame = frame.sort_values(["rank", "algorithm", "backend"], na_position="last", kind="stable")
+    frame = frame.astype({"rank": "Int64", "params": "Int64"}).reset_index(drop=True)
+    notes = []
+    if len(names) > 1:
+        notes.append(f"mixed metrics in this table: {', '.join(sorted(names))}; ranked by {metric}.")
+    if {(r.get("execution") or {}).get("exclusive", True) for r in ok} == {True, False}:
+        notes.append("some cells ran concurrently with others: their timings are not comparable.")
+    if len(ok) < len(records):
+        notes.append(_failure_note([r for r in records if r.get("status") != "ok"]))
+    description = _describe(ok, metric, higher, set(frame["ci_over"]))
+    frame.attrs = {"grid": grid, "suite": suite_label, "metric": metric, "higher_is_better": higher,
+                   "description": description, "notes": notes}  # fmt: skip
+    return frame
+
+
+def build_tables(
+    records: Iterable[Mapping[str, Any]], reported: Mapping[Any, Any] | None = None
+) -> dict[tuple[str, str], pd.DataFrame]:
+    """Group records into leaderboards keyed by (grid, suite label), one row per (algorithm label, backend).
+
+    Only the newest record per (cell id, grid) counts and only ok ones become rows; a row's seeds are
+    aggregated (mean over seeds ± t-interval; one seed: ± the episode CI). Each frame holds numeric
+    columns (what the CSV gets; `display_table` formats them), sorted by rank, and `attrs` with `grid`,
+    `suite`, `metric`, `higher_is_better`, `description` (what the numbers are) and `notes` (the non-ok
+    cells, for a footnote). `reported` maps (suite label or name, algorithm label or name) to a
+    published number, shown in a `reported` column.
+    """
+    latest: dict[tuple[str, str], dict[str, Any]] = {}
+    for record in sorted(records, key=record_time):  # stable: input order breaks timestamp ties
+        cell = record.get("cell") or {}
+        latest[(record.get("cell_id", ""), cell.get("grid") or NO_GRID)] = dict(record)
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+    for (_, grid), record in latest.items():
+        groups[(grid, _suite_label(record.get("cell") or {}))].append(record)
+    return {key: _build_table(*key, groups[key], reported) for key in sorted(groups)}
+
+
+_COLUMNS_HEAD = (
+    "rank grid suite algorithm backend seeds metric higher_is_better metric_mean metric_ci95 ci_over "
+    "episode_ci95 test_episodes final_step"
+).split()
+_COLUMNS_TAIL = "meta_train_s time_per_iter_ms adapt_latency_ms peak_memory_mib params".split()
+
+
+def _mean_ci(mean: float, ci: float) -> str:
+    """`0.352 ± 0.021`: the CI to two significant digits and the mean to the same decimals."""
+    if mean is None or math.isnan(mean):
+        return ""
+    if ci is None or math.isnan(ci) or ci <= 0:
+        return f"{mean:.4g}"
+    decimals = min(6, max(0, 1 - math.floor(math.log10(ci))))
+    return f"{mean:.{decimals}f} ± {ci:.{decimals}f}"
+
+
+def _fmt_column(values: Iterable[Any], digits: int = 3) -> list[str]:
+    """Each number to `digits` significant digits in fixed notation (`0.855`, `15.2`, `214`); NaN is blank."""
+    out = []
+    for v in values:
+        if v is None or v is pd.NA or (isinstance(v, float) and math.isnan(v)):
+            out.append("")
+        else:
+            x = float(v)
+            decimals = max(0, digits - 1 - math.floor(math.log10(abs(x)))) if x else 0
+            out.append(f"{x:.{min(decimals, 8)}f}")
+    return out
+
+
+def display_table(table: pd.DataFrame) -> pd.DataFrame:
+    """The human-facing strings of a `build_tables` frame: `MSE ↓` as `0.352 ± 0.021`, times in s/ms, MiB."""
+    metric = table.attrs.get("metric", str(table["metric"].iloc[0]) if len(table) else "metric")
+    higher = table.attrs.get("higher_is_better", False)
+    name = _METRIC_NAMES.get(metric, metric)
+    out = pd.DataFrame(
+        {
+            "rank": ["" if r is pd.NA else str(int(r)) for r in table["rank"]],
+            "algorithm": table["algorithm"].astype(str),
+            "backend": table["backend"].astype(str),
+            "seeds": [str(s) for s in table["seeds"]],
+            f"{name} {'↑' if higher else '↓'}": [
+                _mean_ci(m, c) for m, c in zip(table["metric_mean"], table["metric_ci95"], strict=True)
+            ],
+        }
+    )
+    if (table["seeds"] > 1).any():
+        out["episode CI"] = _fmt_column(table["episode_ci95"], digits=2)
+    for column in table.columns:
+        if column.startswith("metric_step_"):
+            out[f"{name}@{column.removeprefix('metric_step_')}"] = _fmt_column(table[column])
+    if "reported" in table:
+        out["reported"] = table["reported"].fillna("").astype(str)
+    for source, header in (
+        ("meta_train_s", "meta-train (s)"),
+        ("time_per_iter_ms", "time/iter (ms)"),
+        ("adapt_latency_ms", "latency (ms/episode)"),
+        ("peak_memory_mib", "peak mem (MiB)"),
+    ):
+        out[header] = _fmt_column(table[source])
+    out["params"] = ["" if v is pd.NA else f"{int(v):,}" for v in table["params"]]
+    return out
+
+
+def _as_display(table: pd.DataFrame) -> pd.DataFrame:
+    return display_table(table) if "metric_mean" in table.columns else table.astype(str)
+
+
+def _tabulate(shown: pd.DataFrame, tablefmt: str) -> str:
+    align = ["left" if c in _TEXT_COLUMNS else "right" for c in shown.columns]
+    rows = [
+        [str(v).replace("|", "\\|") if tablefmt == "pipe" else v for v in row]
+        for row in shown.values.tolist()
+    ]
+    return tabulate(
+        rows, headers=list(shown.columns), tablefmt=tablefmt, disable_numparse=True, colalign=align
+    )
+
+
+def render_markdown(table: pd.DataFrame, title: str, notes: Sequence[str] = (), description: str = "") -> str:
+    """A Markdown section: `# title`, the description line, a pipe table, then notes as a bullet list."""
+    shown = _as_display(table)
+    body = _tabulate(shown, "pipe") if len(shown) else "_(no completed cells)_"
+    parts = [f"# {title}", description, body, "\n".join(f"- {n}" for n in notes)]
+    return "\n\n".join(p for p in parts if p) + "\n"
+
+
+# fmt: off
+_LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+                  "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
+                  "±": r"$\pm$", "↑": r"$\uparrow$", "↓": r"$\downarrow$", "–": "--", "—": "---"}  # noqa: RUF001
+# fmt: on
+_LATEX_RE = re.compile("|".join(re.escape(k) for k in _LATEX_SPECIAL))
+
+
+def latex_escape(text: str) -> str:
+    """Escape LaTeX specials (& % $ # _ { } ~ ^ \\) and turn ± ↑ ↓ into math symbols."""
+    return _LATEX_RE.sub(lambda m: _LATEX_SPECIAL[m.group()], str(text))
+
+
+def render_latex(table: pd.DataFrame, title: str, notes: Sequence[str] = (), description: str = "") -> str:
+    """A booktabs `table` environment; the title and description form the caption, notes become comments."""
+    shown = _as_display(table)
+    spec = "".join("l" if c in _TEXT_COLUMNS else "r" for c in shown.columns)
+    lines = [f"% {line}" for line in (f"{title}: {description}", *notes) if line.strip(": ")]
+    lines += [
+        r"\begin{table}[t]",
+        r"\centering",
+        rf"\caption{{{latex_escape(title)}. {latex_escape(description)}}}".replace(". }", "}"),
+        rf"\begin{{tabular}}{{{spec}}}",
+        r"\toprule",
+        " & ".join(latex_escape(c) for c in shown.columns) + r" \\",
+        r"\midrule",
+    ]
+    lines += [" & ".join(latex_escape(v) for v in row) + r" \\" for row in shown.values.tolist()]
+    lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
+    return "\n".join(lines) + "\n"
+
+
+def render_terminal(tables: Mapping[tuple[str, str], pd.DataFrame]) -> str:
+    """The text printed after a run: one titled table per (grid, suite), with its notes."""
+    blocks = []
+    for (grid, suite), table in sorted(tables.items()):
+        shown = _as_display(table)
+        body = _tabulate(shown, "github") if len(shown) else "(no completed cells)"
+        notes = "".join(f"\n  * {n}" for n in table.attrs.get("notes", ()))
+        blocks.append(f"== {suite} (grid {grid}) ==\n{table.attrs.get('description', '')}\n{body}{notes}")
+    return "\n\n".join(blocks) + ("\n" if blocks else "")
+
+
+def _file_stem(label: str) -> str:
+    return re.sub(r"[^A-Za-z0-9.=,+-]+", "_", label).strip("._")[:100] or "table"
+
+
+def check_formats(formats: Iterable[str] | str) -> tuple[str, ...]:
+    """The requested formats, validated; raise UsageError naming the valid ones."""
+    requested = (formats,) if isinstance(formats, str) else tuple(formats)
+    bad = [f for f in requested if f not in FORMATS]
+    if bad or not requested:
+        raise UsageError(
+            f"unknown leaderboard format(s) {', '.join(map(repr, bad)) or '(none given)'}; "
+            f"valid: {', '.join(FORMATS)}"
+        )
+    return tuple(dict.fromkeys(requested))
+
+
+def render(table: pd.DataFrame, fmt: str, title: str) -> str:
+    """One `build_tables` frame as the text of a file in format `fmt` (md, csv or latex)."""
+    notes, description = table.attrs.get("notes", ()), table.attrs.get("description", "")
+    if fmt == "csv":
+        return table.to_csv(index=False)
+    if fmt == "latex":
+        return render_latex(table, title, notes, description)
+    if fmt == "md":
+        return render_markdown(table, title, notes, description)
+    raise UsageError(f"unknown leaderboard format {fmt!r}; valid: {', '.join(FORMATS)}")
+
+
+def write_leaderboards(
+    records: Iterable[Mapping[str, Any]],
+    out_dir: Path | str,
+    formats: Iterable[str] | str = ("md", "csv", "latex"),
+    reported: Mapping[Any, Any] | None = None,
+) -> list[Path]:
+    """Write `out_dir/<grid>/<suite>.md|.csv|.tex` plus a `README.md` index per grid; return the paths."""
+    formats = check_formats(formats)
+    out_dir = Path(out_dir)
+    tables = build_tables(records, reported)
+    by_grid: dict[str, list[tuple[str, pd.DataFrame]]] = defaultdict(list)
+    for (grid, suite), table in tables.items():
+        by_grid[grid].append((suite, table))
+    written: list[Path] = []
+    for grid, entries in sorted(by_grid.items()):
+        grid_dir = out_dir / _file_stem(grid)
+        stems = Counter(_file_stem(suite) for suite, _ in entries)
+        index = [
+            f"# Leaderboards: grid {grid}",
+            "Generated by `harness leaderboard` from result records; do not edit by hand.",
+            "| suite | metric | algorithms | best | files |",
+            "|---|---|---|---|---|",
+        ]
+        for suite, table in entries:
+            stem = _file_stem(suite)
+            if stems[stem] > 1:  # two labels sanitised to one name: keep both apart
+                stem = slugify(suite, 60)
+            links = []
+            for fmt in formats:
+                path = grid_dir / f"{stem}{FORMATS[fmt]}"
+                atomic_write_text(path, render(table, fmt, f"{suite} — grid {grid}"))
+                written.append(path)
+                links.append(f"[{fmt}]({path.name})")
+            best = table["algorithm"].iloc[0] if len(table) else "-"
+            metric = _METRIC_NAMES.get(table.attrs["metric"], table.attrs["metric"])
+            arrow = "↑" if table.attrs["higher_is_better"] else "↓"
+            index.append(f"| {suite} | {metric} {arrow} | {len(table)} | {best} | {' '.join(links)} |")
+        readme = grid_dir / "README.md"
+        atomic_write_text(readme, "\n\n".join(index[:2]) + "\n\n" + "\n".join(index[2:]) + "\n")
+        written.append(readme)
+    return written
