@@ -58,8 +58,8 @@ def build_parser(registry: Any | None = None) -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", parents=[common], help="run a grid of meta-train/meta-test cells")
     run.add_argument("--grid", default="default", help="smoke | default | full | another registered grid | PATH.toml")
-    run.add_argument("--algorithm", action="append", default=[], metavar="NAME", help="only this algorithm (repeatable)")
-    run.add_argument("--suite", action="append", default=[], metavar="NAME", help="only this suite (repeatable)")
+    run.add_argument("--algorithm", action="append", default=[], metavar="NAME", help="only this algorithm (repeatable); one the grid does not name runs with its defaults on the grid's suites")
+    run.add_argument("--suite", action="append", default=[], metavar="NAME", help="only this suite (repeatable); one the grid does not name runs with its default configuration")
     run.add_argument("--backend", action="append", default=[], metavar="NAME|auto",
                      help="run on these backends instead of the grid's (repeatable)")
     run.add_argument("--seeds", type=_positive_int, metavar="N", help="use seeds 0..N-1 instead of the grid's")

@@ -91,7 +91,13 @@ def read_grid_file(path: Path) -> tuple[dict[str, Any], _Where]:
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise GridError(f"{path}: malformed TOML: {exc}") from None
+        message = str(exc)
+        match = re.search(r"\(at line (\d+), column (\d+)\)", message)
+        if match:
+            line = int(match.group(1))
+        else:  # "at end of document": the construct left open runs to the last line
+            line = max(1, len(text.splitlines()))
+        raise GridError(f"{path}:{line}: malformed TOML: {message}") from None
     return data, _Where(str(path), text)
 
 
@@ -119,7 +125,8 @@ def load_grid(
     """Read, validate and expand a grid, applying the CLI's filters and overrides.
 
     Every name and parameter is checked before anything runs; errors carry file:line and key.
-    `algorithms`/`suites` keep only cells of those names; `backends` replaces the grid's backends;
+    `algorithms`/`suites` keep only cells of those names, and add a name a block does not mention
+    with default parameters (a new plugin runs on the grid's suites); `backends` replaces the grid's backends;
     `seeds` replaces its seeds with 0..seeds-1.
     """
     for name in algorithms:
@@ -153,8 +160,10 @@ def load_grid(
             raise where.error("budget", str(exc), block_line) from None
         block_seeds = _seeds(block.get("seeds", data.get("seeds", [0])), where) if seeds is None else list(range(seeds))
         block_backends = list(backends) or _strings(block.get("backends", data.get("backends", ["auto"])), "backends", where)
-        algo_entries = _entries(block.get("algorithms"), "algorithms", where, block_line, registry.algorithms)
-        suite_entries = _entries(block.get("suites"), "suites", where, block_line, registry.suites)
+        algo_entries = _select(_entries(block.get("algorithms"), "algorithms", where, block_line, registry.algorithms),
+                               algorithms)
+        suite_entries = _select(_entries(block.get("suites"), "suites", where, block_line, registry.suites), suites)
+        added = {name for name, params in algo_entries + suite_entries if params is _ADDED}
         for name in block_backends:
             try:
                 registry.backend(name)
@@ -168,18 +177,16 @@ def load_grid(
             (name, cfg) for name, params in algo_entries
             for cfg in _expand(params, registry.algorithm(name).spec.hparams, f"algorithm {name!r}", where, block_line)
         ]
-        wildcard = block.get("algorithms") == "*" or block.get("algorithms") == ["*"]
+        wildcard = block.get("algorithms") in ("*", ["*"])
         for (s_name, s_cfg), (a_name, a_cfg), backend, seed in itertools.product(
             suite_cfgs, algo_cfgs, block_backends, block_seeds
         ):
-            if algorithms and a_name not in algorithms or suites and s_name not in suites:
-                continue
             b_reg = registry.backend(backend)
             cell = Cell(a_name, tuple(sorted(a_cfg.items())), s_name, tuple(sorted(s_cfg.items())),
                         b_reg.spec.name, seed, budget, grid.name)
             if cell.id in seen:
                 first_index, first = seen[cell.id]
-                if first.budget != budget:
+                if first.budget != budget and not ({a_name, s_name} & added):
                     raise where.error("budget", f"cell {cell.id} appears in blocks {first_index} and {index} "
                                       "with different budgets; a cell must have one budget", block_line)
                 continue
@@ -198,6 +205,24 @@ def load_grid(
             else:
                 grid.cells.append(cell)
     return grid
+
+
+#: Marks an entry that a CLI filter added to a block that did not name it (run with defaults).
+_ADDED: dict[str, Any] = {}
+
+
+def _select(entries: list[tuple[str, dict]], wanted: Sequence[str]) -> list[tuple[str, dict]]:
+    """Apply a `--algorithm`/`--suite` filter to a block's entries.
+
+    Entries the block names are kept (with their parameters); a wanted name the block does not
+    mention is added with default parameters, so `--algorithm my-algo` runs a new plugin's algorithm
+    on the grid's suites and budgets.
+    """
+    if not wanted:
+        return entries
+    kept = [(name, params) for name, params in entries if name in wanted]
+    named = {name for name, _ in entries}
+    return kept + [(name, _ADDED) for name in wanted if name not in named]
 
 
 def _check_keys(table: Mapping[str, Any], valid: set[str], where: _Where, place: str, after: int = 0) -> None:

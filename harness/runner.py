@@ -281,7 +281,7 @@ def _mp_context() -> Any:
         ctx = multiprocessing.get_context("forkserver")
         # The fork server imports torch once; each cell forks from it (fast) without inheriting
         # any CUDA state or threads from the main process (safe).
-        ctx.set_forkserver_preload(["torch", "harness.runner"])
+        ctx.set_forkserver_preload(["torch", "torch._inductor", "harness.runner"])
         return ctx
     return multiprocessing.get_context("spawn")
 

@@ -34,6 +34,7 @@ val_interval = 6
 val_episodes = 4
 test_episodes = 6
 timeout = 120
+threads = 1
 """
 
 

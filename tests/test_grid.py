@@ -78,7 +78,7 @@ def test_unavailable_backend_cells_are_skipped_with_reason(registry, write_grid)
 
 def test_malformed_toml_names_file_and_line(registry, write_grid):
     path = write_grid('[[block]]\nalgorithms = ["maml"\nsuites = ["sinusoid"]\n')
-    with pytest.raises(GridError, match=rf"{path}.*line \d+"):
+    with pytest.raises(GridError, match=rf"{path}:4: malformed TOML"):
         load_grid(str(path), registry)
 
 
@@ -132,3 +132,11 @@ def test_unknown_grid_name_and_missing_file(registry):
 def test_block_without_suites_is_an_error(registry, write_grid):
     with pytest.raises(GridError, match="'suites'.*needs suites"):
         load_grid(str(write_grid('[[block]]\nalgorithms = ["maml"]\n')), registry)
+
+
+def test_filter_naming_an_algorithm_the_grid_lacks_runs_it_with_defaults(faulty_registry, write_grid):
+    grid = load_grid(str(write_grid(SINUSOID_BLOCK)), faulty_registry, algorithms=["healthy", "maml"])
+    assert sorted(c.id for c in grid.cells) == sorted(
+        f"{a}/sinusoid[shots={k}]/cpu/seed=0" for a in ("healthy", "maml") for k in (5, 10))
+    grid = load_grid(str(write_grid(SINUSOID_BLOCK)), faulty_registry, algorithms=["classify-only"])
+    assert not grid.cells and {s.status for s in grid.skipped} == {"skipped"}

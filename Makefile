@@ -1,0 +1,29 @@
+# Set-up and the two everyday jobs. `make run` and `make test` create .venv on first use.
+PYTHON ?= python3
+VENV ?= .venv
+# The torch release the harness is tested with; override e.g. `make TORCH=torch==2.14.1 run`.
+TORCH ?= torch==2.13.0
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: setup run test smoke bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet "$(TORCH)"
+	$(BIN)/python -m pip install --quiet -e ".[test]"
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/harness run
+
+smoke: $(STAMP)
+	$(BIN)/harness run --grid smoke
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+clean:
+	rm -rf $(VENV) build *.egg-info
