@@ -127,3 +127,24 @@ def test_unknown_names_suggest_the_closest(registry):
         registry.backend("cdua")
     with pytest.raises(UsageError, match=r"unknown suite 'sinusiod'.*Did you mean 'sinusoid'"):
         registry.suite("sinusiod")
+
+
+def test_addoption_and_configure_hooks_reach_a_plugin(tmp_path):
+    import json
+
+    from tests.conftest import run_cli
+
+    plugin = tmp_path / "optplugin.py"
+    plugin.write_text(textwrap.dedent("""
+        import json, pathlib
+        from harness import hookimpl
+        @hookimpl
+        def harness_addoption(parser):
+            parser.add_argument("--my-flag", default="unset")
+        @hookimpl
+        def harness_configure(config):
+            pathlib.Path("configured.json").write_text(json.dumps({"flag": config.options.my_flag}))
+    """))
+    out = run_cli("run", "-p", str(plugin), "--my-flag", "on", "--dry-run", "--grid", "smoke", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert json.loads((tmp_path / "configured.json").read_text()) == {"flag": "on"}
