@@ -15,7 +15,12 @@ A grid is a union of blocks. Top-level keys give defaults for every block:
     budget = { iterations = 500 }   # optional; also seeds, backends
 
 A list value sweeps a parameter (cartesian product); a parameter that itself takes a list is swept
-with a list of lists.
+with a list of lists. Published numbers for a "reported" column in the leaderboards:
+
+    [[reported]]
+    algorithm = "maml"
+    suite = "sinusoid"
+    value = "0.67 / 0.38 / 0.35"
 """
 
 from __future__ import annotations
@@ -37,7 +42,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-TOP_KEYS = {"name", "description", "seeds", "backends", "budget", "block"}
+TOP_KEYS = {"name", "description", "seeds", "backends", "budget", "block", "reported"}
 BLOCK_KEYS = {"algorithms", "suites", "seeds", "backends", "budget", "name"}
 
 
@@ -144,6 +149,7 @@ def load_grid(
     blocks = data.get("block", [])
     if not isinstance(blocks, list) or not blocks:
         raise where.error("block", "a grid needs at least one [[block]] with algorithms and suites")
+    reported = _reported(data.get("reported", []), where, registry)
     seen: dict[str, tuple[int, Cell]] = {}
     block_line = 0
     for index, block in enumerate(blocks, start=1):
@@ -183,7 +189,7 @@ def load_grid(
         ):
             b_reg = registry.backend(backend)
             cell = Cell(a_name, tuple(sorted(a_cfg.items())), s_name, tuple(sorted(s_cfg.items())),
-                        b_reg.spec.name, seed, budget, grid.name)
+                        b_reg.spec.name, seed, budget, grid.name, reported.get((a_name, s_name), ""))
             if cell.id in seen:
                 first_index, first = seen[cell.id]
                 if first.budget != budget and not ({a_name, s_name} & added):
@@ -223,6 +229,21 @@ def _select(entries: list[tuple[str, dict]], wanted: Sequence[str]) -> list[tupl
     kept = [(name, params) for name, params in entries if name in wanted]
     named = {name for name, _ in entries}
     return kept + [(name, _ADDED) for name in wanted if name not in named]
+
+
+def _reported(value: Any, where: _Where, registry: Any) -> dict[tuple[str, str], str]:
+    """`[[reported]]` entries -> {(algorithm, suite): published value}."""
+    if not isinstance(value, list):
+        raise where.error("reported", "must be an array of tables: [[reported]] algorithm = .., suite = .., value = ..")
+    out = {}
+    for entry in value:
+        if not isinstance(entry, dict) or set(entry) != {"algorithm", "suite", "value"}:
+            raise where.error("reported", f"each [[reported]] needs exactly algorithm, suite and value; got {entry!r}")
+        for key, table in (("algorithm", registry.algorithms), ("suite", registry.suites)):
+            if entry[key] not in table:
+                raise where.error("reported", str(unknown_name(key, str(entry[key]), table)))
+        out[(entry["algorithm"], entry["suite"])] = str(entry["value"])
+    return out
 
 
 def _check_keys(table: Mapping[str, Any], valid: set[str], where: _Where, place: str, after: int = 0) -> None:

@@ -194,7 +194,19 @@ def build_tables(
     groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
     for (_, grid), record in latest.items():
         groups[(grid, _suite_label(record.get("cell") or {}))].append(record)
-    return {key: _build_table(*key, groups[key], reported) for key in sorted(groups)}
+    return {key: _build_table(*key, groups[key], _with_recorded(groups[key], reported)) for key in sorted(groups)}
+
+
+def _with_recorded(records: list[dict[str, Any]], reported: Mapping[Any, Any] | None) -> Mapping[Any, Any] | None:
+    """Published numbers that the grid put into the records' cells, under any given explicitly."""
+    recorded = {}
+    for record in records:
+        cell = record.get("cell") or {}
+        if cell.get("reported"):
+            recorded[(_suite_label(cell), _algorithm_label(cell))] = cell["reported"]
+    if not recorded:
+        return reported
+    return {**recorded, **(reported or {})}
 
 
 _COLUMNS_HEAD = (

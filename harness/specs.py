@@ -145,6 +145,7 @@ class Cell:
     seed: int
     budget: Budget = field(default_factory=Budget)
     grid: str = ""
+    reported: str = ""  # the published number for this algorithm on this suite, from the grid
 
     @property
     def algorithm_label(self) -> str:
@@ -169,6 +170,7 @@ class Cell:
             "seed": self.seed,
             "budget": dataclasses.asdict(self.budget),
             "grid": self.grid,
+            "reported": self.reported,
         }
 
     @classmethod
@@ -182,6 +184,7 @@ class Cell:
             seed=int(data["seed"]),
             budget=Budget(**data["budget"]),
             grid=data.get("grid", ""),
+            reported=data.get("reported", ""),
         )
 
 

@@ -140,3 +140,23 @@ def test_filter_naming_an_algorithm_the_grid_lacks_runs_it_with_defaults(faulty_
         f"{a}/sinusoid[shots={k}]/cpu/seed=0" for a in ("healthy", "maml") for k in (5, 10))
     grid = load_grid(str(write_grid(SINUSOID_BLOCK)), faulty_registry, algorithms=["classify-only"])
     assert not grid.cells and {s.status for s in grid.skipped} == {"skipped"}
+
+
+def test_reported_numbers_reach_cells_and_the_leaderboard_column(registry):
+    from harness.leaderboard import build_tables
+
+    grid = load_grid("sinusoid-paper", registry)
+    by_algo = {c.algorithm: c for c in grid.cells}
+    assert by_algo["maml"].reported == "0.67 / 0.38 / 0.35" and by_algo["fomaml"].reported == ""
+    record = {"schema": 1, "cell_id": by_algo["maml"].id, "cell": by_algo["maml"].to_dict(), "status": "ok",
+              "started_at": "2026-01-01T00:00:00+00:00", "finished_at": "2026-01-01T00:00:01+00:00",
+              "metric": {"name": "mse", "higher_is_better": False, "mean": 0.5, "ci95": 0.1, "n": 600,
+                         "final_step": 10, "per_step": [{"step": s, "mean": 1.0 / (s + 1), "ci95": 0.1} for s in range(11)]}}
+    (table,) = build_tables([record]).values()
+    assert list(table["reported"]) == ["0.67 / 0.38 / 0.35"]
+
+
+def test_reported_entry_with_unknown_algorithm_is_an_error(registry, write_grid):
+    path = write_grid(SINUSOID_BLOCK + '[[reported]]\nalgorithm = "mamlx"\nsuite = "sinusoid"\nvalue = "1"\n')
+    with pytest.raises(GridError, match=r"key 'reported'.*Did you mean 'maml'"):
+        load_grid(str(path), registry)
