@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
@@ -98,7 +97,7 @@ class _Progress:
             from tqdm import tqdm
 
             self.bar = tqdm(total=total, unit="cell", file=stream, dynamic_ncols=True,
-                            bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} cells [{elapsed}<{remaining}] {postfix}")
+                            bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} cells [{elapsed}<{remaining}]{postfix}")
 
     def start(self, index: int, cell: Cell) -> None:
         if self.bar is not None:
@@ -131,4 +130,3 @@ def _fmt_s(seconds: float) -> str:
     return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
 
 
-Callback = Callable[[dict[str, Any]], None]
