@@ -25,5 +25,10 @@ smoke: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest
 
+# Speed benchmarks (pytest-benchmark); the JSON is committed as the reference for this machine kind.
+bench: $(STAMP)
+	$(BIN)/python -m pytest benchmarks --benchmark-enable --benchmark-only \
+		--benchmark-json=benchmarks/results/sinusoid-cpu.json --benchmark-columns=min,median,iqr,rounds
+
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -37,10 +37,13 @@ def mean_ci95(values: Sequence[float]) -> tuple[float, float, float]:
     n = len(values)
     if n == 0:
         return math.nan, math.nan, math.nan
+    values = [float(v) for v in values]
+    if not all(math.isfinite(v) for v in values):  # a diverged episode: no meaningful interval
+        return sum(values) / n, math.nan, math.nan
     mean = math.fsum(values) / n
     if n < 2:
         return mean, math.nan, math.nan
-    std = statistics.stdev(values)
+    std = math.sqrt(math.fsum((v - mean) ** 2 for v in values) / (n - 1))
     return mean, t_quantile_975(n - 1) * std / math.sqrt(n), std
 
 

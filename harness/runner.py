@@ -12,6 +12,7 @@ import math
 import multiprocessing
 import os
 import random
+import signal
 import sys
 import time
 import traceback
@@ -36,7 +37,11 @@ FAILED_STATUSES = ("failed", "timeout", "diverged")
 
 
 class Diverged(Exception):
-    """A loss or metric became non-finite."""
+    """A loss or metric became non-finite; `partial` keeps what was measured (curve, per-step metric)."""
+
+    def __init__(self, reason: str, partial: dict[str, Any] | None = None) -> None:
+        super().__init__(reason)
+        self.partial = partial or {}
 
 
 @dataclass
@@ -140,9 +145,17 @@ def measure_peak_memory(cell: Cell, context: CellContext) -> Iterator[None]:
     """Peak memory of the cell as its backend measures it (process RSS, CUDA allocator, MPS driver)."""
     context.backend.synchronize()
     context.backend.reset_peak_memory()
-    result = yield
-    context.backend.synchronize()
-    result["memory"] = {"peak_bytes": int(context.backend.peak_memory_bytes()), "kind": context.backend.memory_kind}
+    result = None
+    try:
+        result = yield
+    except Diverged as exc:  # what a diverged cell measured is kept in its record
+        result = exc.partial
+        raise
+    finally:
+        if result is not None:
+            context.backend.synchronize()
+            result["memory"] = {"peak_bytes": int(context.backend.peak_memory_bytes()),
+                                "kind": context.backend.memory_kind}
     return result
 
 
@@ -201,11 +214,13 @@ def harness_run_cell(cell: Cell, context: CellContext) -> dict[str, Any]:
     summary = []
     for step, values in enumerate(per_step):
         mean, ci, _ = mean_ci95(values)
-        summary.append({"step": step, "mean": mean, "ci95": ci})
+        entry = {"step": step, "mean": mean, "ci95": ci}
+        nonfinite = sum(not math.isfinite(v) for v in values)
+        if nonfinite:  # episodes whose adaptation blew up at this step: said, not hidden
+            entry["nonfinite_episodes"] = nonfinite
+        summary.append(entry)
     mean, ci, std = mean_ci95(per_step[-1])
-    if not math.isfinite(mean):
-        raise Diverged(f"test {suite.metric_name} is {mean}")
-    return {
+    result = {
         "metric": {"name": suite.metric_name, "higher_is_better": suite.higher_is_better, "mean": mean,
                    "ci95": ci, "std": std, "n": len(per_step[-1]), "final_step": len(per_step) - 1,
                    "per_step": summary},
@@ -217,6 +232,11 @@ def harness_run_cell(cell: Cell, context: CellContext) -> dict[str, Any]:
         "curve": curve,
         "best": best,
     }
+    if not math.isfinite(mean):
+        bad = sum(not math.isfinite(v) for v in per_step[-1])
+        raise Diverged(f"test {suite.metric_name} is {mean}: {bad} of {len(per_step[-1])} test episodes "
+                       f"non-finite after {len(per_step) - 1} adaptation steps", result)
+    return result
 
 
 def evaluate(algo: Any, batch: TaskBatch, steps: int, latency: Stopwatch | None = None) -> list[list[float]]:
@@ -255,7 +275,7 @@ def execute_cell(cell: Cell, registry: Any) -> dict[str, Any]:
         outcome["environment"] = capture_environment({**context.backend.describe(), **context.backend_settings})
         outcome["result"] = registry.hook.harness_run_cell(cell=cell, context=context)
     except Diverged as exc:
-        outcome.update(status="diverged", reason=str(exc))
+        outcome.update(status="diverged", reason=str(exc), result=exc.partial)
     except Exception as exc:
         outcome.update(status="failed", reason=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc())
     if not outcome["environment"]:
@@ -263,9 +283,27 @@ def execute_cell(cell: Cell, registry: Any) -> dict[str, Any]:
     return outcome
 
 
+def _die_with_parent() -> None:
+    """Linux: have the kernel kill this cell process when its parent (the fork server) exits.
+
+    The fork server exits with the `harness` process, so a killed run leaves no orphan cell
+    burning CPU (and skewing the timings of whatever runs next).
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not fatal: the parent still kills cells past their timeout
+        pass
+
+
 def _child_main(conn: Any, load_args: dict[str, Any], cell_dict: dict[str, Any]) -> None:
     from harness.registry import HarnessPluginManager
 
+    _die_with_parent()
     try:
         registry = HarnessPluginManager().load_all(**load_args)
         outcome = execute_cell(Cell.from_dict(cell_dict), registry)

@@ -24,6 +24,9 @@ AMPLITUDE_RANGE = (0.1, 5.0)
 PHASE_RANGE = (0.0, math.pi)
 INPUT_RANGE = (-5.0, 5.0)
 HIDDEN = 40  # section 5.1: the regressor has 2 hidden layers of size 40 with ReLU nonlinearities
+INIT_STD = 0.01  # weight initialisation of the authors' released code (see build_model)
+# "torch": PyTorch's default nn.Linear initialisation; "maml": the MAML release's (see build_model).
+INITS = ("torch", "maml")
 
 SPLITS = ("train", "val", "test")
 
@@ -40,8 +43,11 @@ class SinusoidConfig:
     test_shots: int | None = None
     query: int = 10
     test_query: int = 100
+    init: str = "torch"
 
     def __post_init__(self) -> None:
+        if self.init not in INITS:
+            raise ValueError(f"init must be one of {', '.join(INITS)}, got {self.init!r}")
         for name in ("shots", "test_shots", "query", "test_query"):
             value = getattr(self, name)
             if name == "test_shots" and value is None:
@@ -97,14 +103,25 @@ class SinusoidSuite(TaskSuite):
         )
 
     def build_model(self) -> nn.Module:
-        """The paper's regressor: 1-40-40-1 MLP with ReLU, torch's default initialisation."""
-        return nn.Sequential(
+        """The paper's regressor: 1-40-40-1 MLP with ReLU.
+
+        With `init="maml"` it is initialised as in the authors' released code (cbfinn/maml,
+        `construct_fc_weights`): every weight from a normal with standard deviation 0.01 truncated
+        at two standard deviations, biases zero. The default, `init="torch"`, keeps PyTorch's
+        initialisation, under which every bundled algorithm (Reptile included) learns quickly.
+        """
+        model = nn.Sequential(
             nn.Linear(1, HIDDEN),
             nn.ReLU(),
             nn.Linear(HIDDEN, HIDDEN),
             nn.ReLU(),
             nn.Linear(HIDDEN, 1),
         )
+        for layer in model if self.config.init == "maml" else ():
+            if isinstance(layer, nn.Linear):
+                nn.init.trunc_normal_(layer.weight, std=INIT_STD, a=-2 * INIT_STD, b=2 * INIT_STD)
+                nn.init.zeros_(layer.bias)
+        return model
 
     def loss(self, prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Mean squared error, the paper's regression loss (section 3.1, equation 2)."""

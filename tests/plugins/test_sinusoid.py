@@ -160,3 +160,18 @@ def test_registers_through_pluggy() -> None:
     built = spec.factory(SinusoidConfig(shots=2))
     assert isinstance(built, SinusoidSuite)
     assert built.sample(1, torch.Generator().manual_seed(0), "train").support_x.shape == (1, 2, 1)
+
+
+def test_maml_code_initialisation_option() -> None:
+    torch.manual_seed(0)
+    paper = SinusoidSuite(SinusoidConfig(init="maml")).build_model()
+    for layer in paper:
+        if isinstance(layer, torch.nn.Linear):
+            weight, bias = layer.weight.detach(), layer.bias.detach()
+            assert float(weight.abs().max()) <= 0.02 and float(bias.abs().max()) == 0.0
+            assert 0.005 < float(weight.std()) < 0.012
+    torch.manual_seed(0)
+    default = SinusoidSuite(SinusoidConfig()).build_model()
+    assert float(default[0].weight.detach().abs().max()) > 0.1  # PyTorch's own initialisation
+    with pytest.raises(ValueError, match="init must be one of torch, maml, got 'xavier'"):
+        SinusoidConfig(init="xavier")
