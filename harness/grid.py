@@ -306,12 +306,10 @@ def _entries(value: Any, key: str, where: _Where, after: int, table: Mapping[str
 def _expand(params: Mapping[str, Any], params_type: type, owner: str, where: _Where, after: int) -> list[dict]:
     """Cartesian product of swept values; each combination is validated against the params dataclass."""
     axes = []
+    names = _field_names(params_type)
     for key, value in params.items():
-        sweep = isinstance(value, list) and (
-            not is_sequence_field(params_type, key) if key in _field_names(params_type) else True
-        )
-        if is_sequence_field(params_type, key) and isinstance(value, list) and value and isinstance(value[0], list):
-            sweep = True
+        takes_list = key in names and is_sequence_field(params_type, key)
+        sweep = isinstance(value, list) and (not takes_list or bool(value) and isinstance(value[0], list))
         if sweep and not value:
             raise where.error(key, f"{owner}: an empty list sweeps nothing", after)
         axes.append([(key, v) for v in value] if sweep else [(key, value)])

@@ -160,3 +160,12 @@ def test_reported_entry_with_unknown_algorithm_is_an_error(registry, write_grid)
     path = write_grid(SINUSOID_BLOCK + '[[reported]]\nalgorithm = "mamlx"\nsuite = "sinusoid"\nvalue = "1"\n')
     with pytest.raises(GridError, match=r"key 'reported'.*Did you mean 'maml'"):
         load_grid(str(path), registry)
+
+
+def test_a_list_valued_parameter_is_one_value_and_a_list_of_lists_sweeps_it(registry, write_grid):
+    one = write_grid('[[block]]\nalgorithms = [{ name = "metasgd", alpha_init = [0.01, 0.2] }]\nsuites = ["sinusoid"]\n')
+    (cell,) = load_grid(str(one), registry).cells
+    assert dict(cell.hparams) == {"alpha_init": [0.01, 0.2]}
+    two = write_grid('[[block]]\nalgorithms = [{ name = "metasgd", alpha_init = [[0.01, 0.2], [0.0, 0.1]] }]\n'
+                     'suites = ["sinusoid"]\n', name="two")
+    assert len(load_grid(str(two), registry).cells) == 2

@@ -2,25 +2,13 @@
 
 from __future__ import annotations
 
-import platform
 from typing import Any
 
 import torch
 
 from harness import Backend, BackendSpec, hookimpl
 from harness.measure import peak_rss_bytes, reset_peak_rss
-
-
-def cpu_model() -> str:
-    """The CPU's model name (from /proc/cpuinfo on Linux, platform otherwise)."""
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.lower().startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+from harness.results import cpu_model
 
 
 class CPUBackend(Backend):
