@@ -1,0 +1,348 @@
+"""Few-shot classification on real Omniglot (Lake, Salakhutdinov & Tenenbaum 2015, "Human-level concept
+learning through probabilistic program induction", Science) with the N-way K-shot episodes and conv4
+model of Finn, Abbeel & Levine 2017 (MAML, ICML) and Snell, Swersky & Zemel 2017 (ProtoNets, NeurIPS).
+
+The suite reads the authors' zip archives in place (never extracted), decodes every drawing once to
+uint8 [characters, drawings, H, W] with strokes bright (255 = ink) and caches that tensor on disk,
+keyed by the archives' sha256 and the image size. Protocol "alphabet" meta-trains, validates and tests
+on disjoint alphabets (see `alphabet_splits`), which works with the two small background sets alone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import tempfile
+import zipfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from harness import HarnessError, TaskBatch, TaskSuite, TaskSuiteSpec, UsageError, hookimpl
+
+PROTOCOLS = ("alphabet",)
+MODELS = ("conv4", "conv4-nopool")
+SPLITS = ("train", "val", "test")
+DATA_ENV, CACHE_ENV = "HARNESS_DATA", "HARNESS_CACHE"
+FILTERS = 64  # conv4: 64 filters in every layer (MAML section 5.2, ProtoNets section 3.2)
+FORMAT = 1  # bump when decoding changes, so old cache files are not reused
+
+
+@dataclass(frozen=True)
+class OmniglotConfig:
+    """Episode sizes, data and model. `query` is query images per class; `rotations` adds the rotations
+    by 90/180/270 degrees of every meta-training character as new classes (the papers' augmentation,
+    train split only). `data_root` is the folder holding `archives` (None: `$HARNESS_DATA/omniglot`,
+    else `$HARNESS_DATA`); `cache_dir` None means `$HARNESS_CACHE/omniglot`, else
+    `~/.cache/metaharness/omniglot`."""
+
+    ways: int = 5
+    shots: int = 1
+    query: int = 15
+    image_size: int = 28
+    protocol: str = "alphabet"
+    archives: tuple[str, ...] = ("images_background_small1.zip", "images_background_small2.zip")
+    data_root: str | None = None
+    cache_dir: str | None = None
+    rotations: bool = False
+    model: str = "conv4"
+
+    def __post_init__(self) -> None:
+        for name in ("ways", "shots", "query", "image_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if self.image_size < 8:
+            raise ValueError(f"image_size must be at least 8 pixels, got {self.image_size}")
+        if self.protocol not in PROTOCOLS:
+            raise ValueError(f"protocol must be one of {', '.join(PROTOCOLS)}, got {self.protocol!r}")
+        if self.model not in MODELS:
+            raise ValueError(f"model must be one of {', '.join(MODELS)}, got {self.model!r}")
+        # Four 2x2 max-pools shrink the image 16-fold; below 16 pixels nothing would be left.
+        if self.model == "conv4" and self.image_size < 16:
+            raise ValueError(f"model 'conv4' needs image_size >= 16 (four 2x2 max-pools), got "
+                             f"{self.image_size}; use model 'conv4-nopool' for smaller images")
+        if not self.archives or not all(isinstance(a, str) and a for a in self.archives):
+            raise ValueError(f"archives must be a non-empty list of zip file names, got {self.archives!r}")
+
+
+@dataclass(frozen=True)
+class OmniglotData:
+    """Decoded characters: `images[i]` holds every drawing of `characters[i]` = (alphabet, folder)."""
+
+    images: torch.Tensor  # uint8 [characters, drawings, H, W], 255 = ink
+    characters: tuple[tuple[str, str], ...]
+    archives: tuple[tuple[str, str], ...]  # (path, sha256) in the order given
+    cache_file: Path
+    from_cache: bool
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def cache_key(archive_hashes: Sequence[str], image_size: int) -> str:
+    """The cache file's key: the archives' contents, the image size, the decoder and its version."""
+    import PIL
+
+    blob = "|".join([*archive_hashes, str(image_size), f"format={FORMAT}", f"pillow={PIL.__version__}"])
+    return hashlib.sha256(blob.encode()).hexdigest()[:24]
+
+
+def _decode(data: bytes, image_size: int) -> torch.Tensor:
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as image:
+        # LANCZOS to 28x28 as in the MAML authors' resize script; inverted so strokes are bright, as
+        # their data loader does (1 - image), which keeps the mostly blank background at zero.
+        small = image.convert("L").resize((image_size, image_size), Image.Resampling.LANCZOS)
+    pixels = torch.frombuffer(bytearray(small.tobytes()), dtype=torch.uint8).view(image_size, image_size)
+    return 255 - pixels
+
+
+def _fingerprint(infos: list[zipfile.ZipInfo]) -> list[tuple[str, int]]:
+    return [(info.filename.rsplit("/", 1)[-1], info.CRC) for info in infos]
+
+
+def _decode_archives(paths: Sequence[Path], image_size: int) -> tuple[torch.Tensor, list[tuple[str, str]]]:
+    """Decode every drawing of every character, de-duplicating characters found in several archives."""
+    found: dict[tuple[str, str], tuple[Path, list[zipfile.ZipInfo]]] = {}
+    for path in paths:
+        with zipfile.ZipFile(path) as archive:
+            members: dict[tuple[str, str], list[zipfile.ZipInfo]] = {}
+            for info in archive.infolist():
+                parts = info.filename.split("/")  # <archive name>/<Alphabet>/characterNN/<id>_<drawer>.png
+                if len(parts) == 4 and parts[3].lower().endswith(".png"):
+                    members.setdefault((parts[1], parts[2]), []).append(info)
+        for key, infos in members.items():
+            infos.sort(key=lambda info: info.filename)
+            if key not in found:
+                found[key] = (path, infos)
+                continue
+            # Greek and Latin stand in both small sets: the same drawings, byte for byte (CRC).
+            first_path, first = found[key]
+            if _fingerprint(first) != _fingerprint(infos):
+                raise HarnessError(f"Omniglot character {'/'.join(key)} differs between {first_path} and "
+                                   f"{path}; archives may only share identical characters")
+    if not found:
+        raise HarnessError(f"no <alphabet>/<character>/<drawing>.png images in {', '.join(map(str, paths))}")
+    characters = sorted(found)
+    counts = {len(found[key][1]) for key in characters}
+    if len(counts) != 1:
+        uneven = [f"{'/'.join(k)}: {len(found[k][1])}" for k in characters if len(found[k][1]) != max(counts)]
+        raise HarnessError(f"every Omniglot character must have the same number of drawings; {uneven[:5]}")
+    images = torch.empty(len(characters), counts.pop(), image_size, image_size, dtype=torch.uint8)
+    for path in paths:
+        with zipfile.ZipFile(path) as archive:
+            for c, key in enumerate(characters):
+                owner, infos = found[key]
+                if owner != path:  # a character is decoded from the first archive that holds it
+                    continue
+                for d, info in enumerate(infos):
+                    try:
+                        images[c, d] = _decode(archive.read(info), image_size)
+                    except Exception as exc:  # PIL raises several types for a damaged file
+                        raise HarnessError(f"cannot decode image {info.filename} in archive {path}: "
+                                           f"{type(exc).__name__}: {exc}") from exc
+    return images, characters
+
+
+def load_characters(paths: Sequence[Path], image_size: int, cache_dir: Path) -> OmniglotData:
+    """Decoded characters of the archives at `paths`, from the cache file when one matches."""
+    hashes = [file_sha256(path) for path in paths]
+    key = cache_key(hashes, image_size)
+    cache_file = cache_dir / f"omniglot-{image_size}px-{key}.pt"
+    archives = tuple((str(p), h) for p, h in zip(paths, hashes))
+    if cache_file.is_file():
+        try:
+            blob = torch.load(cache_file, weights_only=True)
+            current = blob["format"] == FORMAT and blob["archives"] == list(hashes)
+            if current and blob["images"].shape[-1] == image_size:
+                characters = tuple(zip(blob["alphabets"], blob["folders"]))
+                return OmniglotData(blob["images"], characters, archives, cache_file, from_cache=True)
+        except Exception:  # an unreadable cache file is only a missed shortcut: decode again
+            pass
+    images, characters = _decode_archives(paths, image_size)
+    blob = {"format": FORMAT, "archives": list(hashes), "images": images,
+            "alphabets": [a for a, _ in characters], "folders": [f for _, f in characters]}
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        # Written to a temporary file and renamed, so concurrent cells never read half a file.
+        fd, tmp = tempfile.mkstemp(prefix=cache_file.name, suffix=".tmp", dir=cache_dir)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                torch.save(blob, handle)
+            os.replace(tmp, cache_file)
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+    except OSError as exc:
+        raise UsageError(f"cannot write the Omniglot cache file {cache_file}: {exc}; set the suite option "
+                         f"cache_dir or ${CACHE_ENV} to a writable directory") from exc
+    return OmniglotData(images, tuple(characters), archives, cache_file, from_cache=False)
+
+
+def alphabet_splits(alphabets: Sequence[str]) -> dict[str, tuple[str, ...]]:
+    """Alphabets of each split: a pure function of the set of alphabet names.
+
+    In sorted order, position i goes to val when i % 8 == 5, to test when i % 8 is 2 or 6, else to
+    train: 5 / 1 / 2 alphabets of every 8. On the two small background sets this gives train =
+    Balinese, Early_Aramaic, Japanese_(katakana), Korean, Tagalog (150 characters), val = Latin (26),
+    test = Greek, Sanskrit (66): every split has at least 20 characters (20-way episodes), and the two
+    alphabets both small sets share stay out of meta-training.
+    """
+    splits: dict[str, list[str]] = {split: [] for split in SPLITS}
+    for i, name in enumerate(sorted(set(alphabets))):
+        splits["val" if i % 8 == 5 else "test" if i % 8 in (2, 6) else "train"].append(name)
+    return {split: tuple(names) for split, names in splits.items()}
+
+
+def _resolve_dir(value: str | None, env: str) -> Path | None:
+    """The option's value, else `$env/omniglot`, else None."""
+    if value is not None:
+        return Path(value).expanduser()
+    if os.environ.get(env):
+        return Path(os.environ[env]).expanduser() / "omniglot"
+    return None
+
+
+class OmniglotSuite(TaskSuite):
+    """N-way K-shot episodes from real Omniglot characters, scored by query accuracy."""
+
+    kind = "classification"
+    metric_name = "accuracy"
+    higher_is_better = True
+
+    def __init__(self, config: OmniglotConfig | None = None) -> None:
+        super().__init__(config if config is not None else OmniglotConfig())
+        cfg = self.config
+        root = _resolve_dir(cfg.data_root, DATA_ENV)
+        if root is None:
+            raise UsageError(f"no Omniglot data directory: set the suite option data_root or ${DATA_ENV} "
+                             f"(its omniglot/ subfolder, or itself, must hold {', '.join(cfg.archives)})")
+        # $HARNESS_DATA may name the shared data root (with omniglot/ inside) or the folder itself.
+        candidates = [root] if cfg.data_root is not None else [root, root.parent]
+        root = next((c for c in candidates if all((c / a).is_file() for a in cfg.archives)), None)
+        if root is None:
+            missing = [a for a in cfg.archives if not (candidates[0] / a).is_file()]
+            raise UsageError(f"Omniglot archives {', '.join(missing)} not found in "
+                             f"{' or '.join(map(str, candidates))}; expected {', '.join(cfg.archives)} there "
+                             "(brendenlake/omniglot, folder python/)")
+        cache_dir = _resolve_dir(cfg.cache_dir, CACHE_ENV) or Path.home() / ".cache/metaharness/omniglot"
+        self.data = load_characters([root / a for a in cfg.archives], cfg.image_size, cache_dir)
+        self.alphabets = alphabet_splits([a for a, _ in self.data.characters])
+        drawings = self.data.images.shape[1]
+        if cfg.shots + cfg.query > drawings:
+            raise UsageError(f"shots + query = {cfg.shots} + {cfg.query} = {cfg.shots + cfg.query} images "
+                             f"per class, but each Omniglot character has {drawings} drawings")
+        # A class is (character, quarter turns); rotated copies are classes of the train split only.
+        self.classes: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        for split, names in self.alphabets.items():
+            chars = torch.tensor([i for i, (a, _) in enumerate(self.data.characters) if a in names])
+            turns = 4 if cfg.rotations and split == "train" else 1
+            self.classes[split] = (chars.repeat(turns), torch.arange(turns).repeat_interleave(len(chars)))
+            if len(chars) * turns < cfg.ways:
+                raise UsageError(f"{cfg.ways}-way episodes need {cfg.ways} classes, but the {split} split "
+                                 f"(alphabets: {', '.join(names) or 'none'}) has {len(chars) * turns}")
+
+    def sample(self, n_tasks: int, generator: torch.Generator, split: str) -> TaskBatch:
+        """`n_tasks` episodes: support_x [n, ways*shots, 1, H, W] float32 in [0, 1] (ink = 1), labels
+        int64 in 0..ways-1, class-major (all shots of label 0 first); query_x likewise with `query`."""
+        if split not in SPLITS:
+            raise ValueError(f"unknown split {split!r}; valid splits: {', '.join(SPLITS)}")
+        if not isinstance(n_tasks, int) or isinstance(n_tasks, bool) or n_tasks < 1:
+            raise ValueError(f"n_tasks must be a positive integer, got {n_tasks!r}")
+        cfg, images = self.config, self.data.images
+        chars, turns = self.classes[split]
+        per_class, size = cfg.shots + cfg.query, cfg.image_size
+        # Sorting uniform keys gives a uniform random permutation per row: its first `ways` entries are
+        # distinct classes in random order, so label = position is already a random relabelling.
+        # float64 keys and a stable sort make ties (hence platform-dependent orders) practically impossible.
+        keys = torch.rand(n_tasks, len(chars), generator=generator, dtype=torch.float64)
+        picked = keys.argsort(dim=1, stable=True)[:, : cfg.ways]
+        keys = torch.rand(n_tasks, cfg.ways, images.shape[1], generator=generator, dtype=torch.float64)
+        drawings = keys.argsort(dim=2, stable=True)[..., :per_class]
+        x = images[chars[picked].unsqueeze(-1), drawings]  # uint8 [n, ways, shots+query, H, W]
+        quarter_turns = turns[picked]
+        for k in (1, 2, 3):
+            mask = quarter_turns == k
+            if bool(mask.any()):
+                x[mask] = torch.rot90(x[mask], k, dims=(-2, -1))
+        x = x.to(torch.float32).div_(255.0).unsqueeze(3)  # [n, ways, shots+query, 1, H, W]
+        labels = torch.arange(cfg.ways)
+        return TaskBatch(
+            support_x=x[:, :, : cfg.shots].reshape(n_tasks, cfg.ways * cfg.shots, 1, size, size),
+            support_y=labels.repeat_interleave(cfg.shots).expand(n_tasks, -1).clone(),
+            query_x=x[:, :, cfg.shots :].reshape(n_tasks, cfg.ways * cfg.query, 1, size, size),
+            query_y=labels.repeat_interleave(cfg.query).expand(n_tasks, -1).clone(),
+        )
+
+    def build_model(self) -> nn.Module:
+        """conv4: 4 x [3x3 conv with 64 filters, batch norm, ReLU, 2x2 max-pool], flatten, linear to
+        `ways` logits (MAML section 5.2; ProtoNets' embedding without the last layer).
+
+        Batch norm uses batch statistics always (`track_running_stats=False`), as MAML's code does at
+        train and test time (the transductive setting): it has no running buffers, so the model works
+        under `torch.func.functional_call` and `vmap` over tasks, and a task's statistics never leak
+        into another's. "conv4-nopool" replaces the max-pools by stride-2 convolutions and averages the
+        last feature map, as MAML's Omniglot variant (cbfinn/maml, `max_pool=False`) does.
+        """
+        pool = self.config.model == "conv4"
+        layers: list[nn.Module] = []
+        for i in range(4):
+            layers += [nn.Conv2d(1 if i == 0 else FILTERS, FILTERS, 3, stride=1 if pool else 2, padding=1),
+                       nn.BatchNorm2d(FILTERS, track_running_stats=False), nn.ReLU()]
+            layers += [nn.MaxPool2d(2)] if pool else []
+        side = self.config.image_size // 16 if pool else 1
+        layers += [nn.Flatten()] if pool else [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
+        return nn.Sequential(*layers, nn.Linear(FILTERS * side * side, self.config.ways))
+
+    def loss(self, prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy of the logits, the papers' classification loss."""
+        return F.cross_entropy(prediction, target)
+
+    def metric(self, prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Fraction of query images whose highest logit is the true label."""
+        return (prediction.argmax(dim=-1) == target).to(torch.float32).mean()
+
+    def describe(self) -> dict[str, object]:
+        splits = {}
+        for split, names in self.alphabets.items():
+            classes = len(self.classes[split][0])
+            characters = int(self.classes[split][0].unique().numel())
+            splits[split] = {"alphabets": list(names), "characters": characters, "classes": classes,
+                             "images": characters * int(self.data.images.shape[1])}
+        import PIL
+
+        return {
+            "protocol": self.config.protocol,
+            "archives": [{"path": p, "sha256": h} for p, h in self.data.archives],
+            "splits": splits,
+            "cache_file": str(self.data.cache_file),
+            "pillow": PIL.__version__,
+        }
+
+
+@hookimpl
+def harness_register_task_suites() -> list[TaskSuiteSpec]:
+    return [
+        TaskSuiteSpec(
+            name="omniglot",
+            factory=OmniglotSuite,
+            config=OmniglotConfig,
+            task_kind="classification",
+            description="N-way K-shot Omniglot character classification (alphabet-disjoint splits); accuracy",
+            paper=(
+                "Lake, Salakhutdinov & Tenenbaum 2015 (data); Finn et al. 2017 / Snell et al. 2017 (protocol)"
+            ),
+            requires=("PIL",),
+        )
+    ]
