@@ -183,6 +183,12 @@ def load_grid(
             (name, cfg) for name, params in algo_entries
             for cfg in _expand(params, registry.algorithm(name).spec.hparams, f"algorithm {name!r}", where, block_line)
         ]
+        unrunnable = {}
+        for s_name, s_cfg in suite_cfgs:
+            reason = _suite_check(registry.suite(s_name), s_cfg)
+            if reason and block.get("suites") not in ("*", ["*"]):
+                raise where.error("suites", f"suite {s_name!r} cannot run here: {reason}", block_line)
+            unrunnable[(s_name, repr(sorted(s_cfg.items())))] = reason
         wildcard = block.get("algorithms") in ("*", ["*"])
         for (s_name, s_cfg), (a_name, a_cfg), backend, seed in itertools.product(
             suite_cfgs, algo_cfgs, block_backends, block_seeds
@@ -209,8 +215,19 @@ def load_grid(
                     grid.skipped.append(Skipped(cell, "unavailable", f"{what} {reg.spec.name!r} unavailable: {reg.reason}"))
                     break
             else:
-                grid.cells.append(cell)
+                reason = unrunnable[(s_name, repr(sorted(s_cfg.items())))]
+                if reason:
+                    grid.skipped.append(Skipped(cell, "unavailable", f"suite {s_name!r}: {reason}"))
+                else:
+                    grid.cells.append(cell)
     return grid
+
+
+def _suite_check(reg: Any, overrides: dict[str, Any]) -> str:
+    """The suite's own "can this configuration run here" check ('' when it can, or has none)."""
+    if reg.spec.check is None or not reg.available:
+        return ""
+    return reg.spec.check(resolve_params(reg.spec.config, overrides, f"suite {reg.spec.name!r}"))
 
 
 #: Marks an entry that a CLI filter added to a block that did not name it (run with defaults).

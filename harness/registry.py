@@ -27,6 +27,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "metaharness_plugins.backends.cuda",
     "metaharness_plugins.backends.mps",
     "metaharness_plugins.suites.sinusoid",
+    "metaharness_plugins.suites.omniglot",
     "metaharness_plugins.algorithms.maml",
     "metaharness_plugins.algorithms.metasgd",
     "metaharness_plugins.algorithms.reptile",
@@ -34,6 +35,8 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
 )
 
 ENTRY_POINT_GROUP = "harness.plugins"
+#: Import names whose pip distribution is called otherwise, for install hints.
+PIP_NAMES = {"PIL": "pillow", "cv2": "opencv-python", "sklearn": "scikit-learn", "yaml": "pyyaml"}
 #: Set to 1 to skip entry-point plugins (like pytest's PYTEST_DISABLE_PLUGIN_AUTOLOAD).
 DISABLE_AUTOLOAD_ENV = "HARNESS_DISABLE_PLUGIN_AUTOLOAD"
 #: Comma-separated modules or .py files loaded after entry points.
@@ -222,7 +225,8 @@ class HarnessPluginManager(pluggy.PluginManager):
             missing = [m for m in reg.spec.requires if importlib.util.find_spec(m.split(".")[0]) is None]
             if missing:
                 reg.available = False
-                reg.reason = f"missing optional dependency {', '.join(missing)} (pip install {' '.join(missing)})"
+                hint = " ".join(PIP_NAMES.get(m, m) for m in missing)
+                reg.reason = f"missing optional dependency {', '.join(missing)} (pip install {hint})"
         for name, reg in self.backends.items():
             try:
                 ok, reason = reg.spec.factory().availability()

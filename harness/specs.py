@@ -48,7 +48,9 @@ class TaskSuiteSpec:
     """A task suite a plugin offers: `factory(config)` builds a `harness.base.TaskSuite`.
 
     `config` is a frozen dataclass type (ways, shots, query, K, ...) whose `__post_init__` rejects
-    impossible settings; the grid overrides its fields by name.
+    impossible settings; the grid overrides its fields by name. `check(config)`, when given, returns
+    "" if a configuration can run here and otherwise why not (data files missing, ...); the grid
+    calls it before any cell runs, so it must be cheap.
     """
 
     name: str
@@ -59,6 +61,7 @@ class TaskSuiteSpec:
     paper: str = ""
     version: str = "1"
     requires: tuple[str, ...] = ()
+    check: Callable[[Any], str] | None = None
 
     def __post_init__(self) -> None:
         _check_spec(self, "task suite")

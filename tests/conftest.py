@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,13 @@ from harness.registry import build_plugin_manager
 FIXTURES = Path(__file__).parent / "fixtures"
 FAULTY = str(FIXTURES / "faulty_plugin.py")
 REPO = Path(__file__).resolve().parents[1]
+#: Real data shipped beside the repository (CI has it too): the Omniglot small background sets.
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+# Suites find their data through HARNESS_DATA; decoded caches go to a folder of this test session.
+if SHARED_DATA.is_dir():
+    os.environ.setdefault("HARNESS_DATA", str(SHARED_DATA))
+os.environ.setdefault("HARNESS_CACHE", tempfile.mkdtemp(prefix="harness-test-cache-"))
 
 
 @pytest.fixture(scope="session")

@@ -12,6 +12,9 @@ from harness.specs import Budget, Cell
 
 REGISTRY = build_plugin_manager(entry_points=False)
 SMALL = Budget(iterations=4, val_interval=2, val_episodes=2, test_episodes=3, threads=1)
+#: The smallest configuration of each suite (the defaults where they are already small).
+SMALLEST_SUITE = {"omniglot": (("image_size", 16), ("query", 2), ("ways", 3))}
+SMALLEST_ALGORITHM = (("meta_batch_size", 2),)
 PAIRS = [
     (a, s, b)
     for a, a_reg in sorted(REGISTRY.algorithms.items())
@@ -24,7 +27,12 @@ PAIRS = [
 
 @pytest.mark.parametrize(("algorithm", "suite", "backend"), PAIRS, ids=["/".join(p) for p in PAIRS])
 def test_algorithm_runs_on_suite_and_backend(algorithm, suite, backend):
-    record = run_one(Cell(algorithm, (), suite, (), backend, 0, SMALL), REGISTRY, in_process=True)
+    suite_spec = REGISTRY.suites[suite].spec
+    config = SMALLEST_SUITE.get(suite, ())
+    if suite_spec.check is not None and (reason := suite_spec.check(suite_spec.config(**dict(config)))):
+        pytest.skip(reason)
+    cell = Cell(algorithm, SMALLEST_ALGORITHM, suite, config, backend, 0, SMALL)
+    record = run_one(cell, REGISTRY, in_process=True)
     assert record["status"] == "ok", record.get("traceback", record["reason"])
     metric = record["metric"]
     assert math.isfinite(metric["mean"]) and metric["n"] == 3

@@ -169,3 +169,18 @@ def test_a_list_valued_parameter_is_one_value_and_a_list_of_lists_sweeps_it(regi
     two = write_grid('[[block]]\nalgorithms = [{ name = "metasgd", alpha_init = [[0.01, 0.2], [0.0, 0.1]] }]\n'
                      'suites = ["sinusoid"]\n', name="two")
     assert len(load_grid(str(two), registry).cells) == 2
+
+
+def test_suite_without_its_data_is_an_error_when_named_and_unavailable_under_a_wildcard(
+        registry, write_grid, tmp_path, monkeypatch):
+    empty = tmp_path / "no-data"
+    empty.mkdir()
+    named = write_grid(f'[[block]]\nalgorithms = ["maml"]\nsuites = [{{ name = "omniglot", data_root = "{empty}" }}]\n')
+    with pytest.raises(GridError, match=r"key 'suites'.*omniglot.*cannot run here.*images_background_small1.zip.*not found"):
+        load_grid(str(named), registry)
+    wildcard = write_grid('[[block]]\nalgorithms = ["maml"]\nsuites = "*"\n', name="wild")
+    monkeypatch.delenv("HARNESS_DATA", raising=False)
+    grid = load_grid(str(wildcard), registry)
+    assert {c.suite for c in grid.cells} == {"sinusoid"}
+    (skipped,) = grid.skipped
+    assert skipped.status == "unavailable" and "HARNESS_DATA" in skipped.reason

@@ -214,6 +214,32 @@ def _resolve_dir(value: str | None, env: str) -> Path | None:
     return None
 
 
+def find_data_root(cfg: OmniglotConfig) -> Path:
+    """The folder holding every archive of `cfg`, or a UsageError naming the files and folders tried."""
+    root = _resolve_dir(cfg.data_root, DATA_ENV)
+    if root is None:
+        raise UsageError(f"no Omniglot data directory: set the suite option data_root or ${DATA_ENV} "
+                         f"(its omniglot/ subfolder, or itself, must hold {', '.join(cfg.archives)})")
+    # $HARNESS_DATA may name the shared data root (with omniglot/ inside) or the folder itself.
+    candidates = [root] if cfg.data_root is not None else [root, root.parent]
+    found = next((c for c in candidates if all((c / a).is_file() for a in cfg.archives)), None)
+    if found is None:
+        missing = [a for a in cfg.archives if not (candidates[0] / a).is_file()]
+        raise UsageError(f"Omniglot archives {', '.join(missing)} not found in "
+                         f"{' or '.join(map(str, candidates))}; expected {', '.join(cfg.archives)} there "
+                         "(brendenlake/omniglot, folder python/)")
+    return found
+
+
+def check_data(cfg: OmniglotConfig) -> str:
+    """'' when the archives are where `cfg` says, else why not (the grid calls this before running)."""
+    try:
+        find_data_root(cfg)
+    except UsageError as exc:
+        return str(exc)
+    return ""
+
+
 class OmniglotSuite(TaskSuite):
     """N-way K-shot episodes from real Omniglot characters, scored by query accuracy."""
 
@@ -224,18 +250,7 @@ class OmniglotSuite(TaskSuite):
     def __init__(self, config: OmniglotConfig | None = None) -> None:
         super().__init__(config if config is not None else OmniglotConfig())
         cfg = self.config
-        root = _resolve_dir(cfg.data_root, DATA_ENV)
-        if root is None:
-            raise UsageError(f"no Omniglot data directory: set the suite option data_root or ${DATA_ENV} "
-                             f"(its omniglot/ subfolder, or itself, must hold {', '.join(cfg.archives)})")
-        # $HARNESS_DATA may name the shared data root (with omniglot/ inside) or the folder itself.
-        candidates = [root] if cfg.data_root is not None else [root, root.parent]
-        root = next((c for c in candidates if all((c / a).is_file() for a in cfg.archives)), None)
-        if root is None:
-            missing = [a for a in cfg.archives if not (candidates[0] / a).is_file()]
-            raise UsageError(f"Omniglot archives {', '.join(missing)} not found in "
-                             f"{' or '.join(map(str, candidates))}; expected {', '.join(cfg.archives)} there "
-                             "(brendenlake/omniglot, folder python/)")
+        root = find_data_root(cfg)
         cache_dir = _resolve_dir(cfg.cache_dir, CACHE_ENV) or Path.home() / ".cache/metaharness/omniglot"
         self.data = load_characters([root / a for a in cfg.archives], cfg.image_size, cache_dir)
         self.alphabets = alphabet_splits([a for a, _ in self.data.characters])
@@ -344,5 +359,6 @@ def harness_register_task_suites() -> list[TaskSuiteSpec]:
                 "Lake, Salakhutdinov & Tenenbaum 2015 (data); Finn et al. 2017 / Snell et al. 2017 (protocol)"
             ),
             requires=("PIL",),
+            check=check_data,
         )
     ]
