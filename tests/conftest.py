@@ -52,7 +52,9 @@ def write_grid(tmp_path):
 
     def write(body: str, name: str = "tiny") -> Path:
         path = tmp_path / f"{name}.toml"
-        text = f'name = "{name}"\n' + body + ("" if "[budget]" in body else TINY_BUDGET)
+        # CPU unless the body says otherwise: "auto" would pick a GPU where there is one.
+        backends = "" if "backends" in body else 'backends = ["cpu"]\n'
+        text = f'name = "{name}"\n' + backends + body + ("" if "[budget]" in body else TINY_BUDGET)
         path.write_text(text)
         return path
 

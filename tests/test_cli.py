@@ -29,7 +29,7 @@ def commands(name: str) -> list[list[str]]:
 @pytest.fixture
 def tiny_grid(tmp_path):
     path = tmp_path / "tiny.toml"
-    path.write_text('name = "tiny"\n[budget]\niterations = 10\nval_interval = 5\nval_episodes = 3\n'
+    path.write_text('name = "tiny"\nbackends = ["cpu"]\n[budget]\niterations = 10\nval_interval = 5\nval_episodes = 3\n'
                     'test_episodes = 4\nthreads = 1\n[[block]]\nalgorithms = ["maml", "reptile"]\n'
                     'suites = [{ name = "sinusoid", shots = 5 }]\n')
     return path
@@ -81,7 +81,7 @@ def test_run_writes_records_and_leaderboards_then_show_and_rebuild(tmp_path, tin
 
 def test_failing_cells_give_exit_code_1_and_records(tmp_path):
     grid = tmp_path / "faulty.toml"
-    grid.write_text('name = "faulty"\n[budget]\niterations = 8\nval_interval = 4\nval_episodes = 2\n'
+    grid.write_text('name = "faulty"\nbackends = ["cpu"]\n[budget]\niterations = 8\nval_interval = 4\nval_episodes = 2\n'
                     'test_episodes = 2\ntimeout = 60\n[[block]]\nalgorithms = ["raises", "healthy"]\n'
                     'suites = [{ name = "sinusoid", shots = 5 }]\n')
     out = run_cli("run", "-p", FAULTY, "--grid", str(grid), cwd=tmp_path)

@@ -78,7 +78,8 @@ def test_unavailable_backend_cells_are_skipped_with_reason(registry, write_grid)
 
 def test_malformed_toml_names_file_and_line(registry, write_grid):
     path = write_grid('[[block]]\nalgorithms = ["maml"\nsuites = ["sinusoid"]\n')
-    with pytest.raises(GridError, match=rf"{path}:4: malformed TOML"):
+    line = path.read_text().splitlines().index('suites = ["sinusoid"]') + 1  # where the open array is noticed
+    with pytest.raises(GridError, match=rf"{path}:{line}: malformed TOML"):
         load_grid(str(path), registry)
 
 
