@@ -21,6 +21,7 @@ CPU_TORCH = "torch==2.13.0"  # the CPU build the project uses: no PyPI torchvisi
 TORCH_PAIR = ("torch==2.14.1", "torchvision==0.29.1")
 EXIT_NO_DOWNLOAD = 3  # the script's status when the package index is unreachable
 TIMEOUT = 1200
+FIND_SPECS = "import importlib.util as u; print(u.find_spec({!r}), u.find_spec({!r}))"
 
 MAML_STEP = """
 import torch, learn2learn
@@ -41,7 +42,8 @@ assert model.weight.grad is not None and torch.isfinite(model.weight.grad).all()
 from learn2learn.data.transforms import NWays, KShots, LoadData, RemapLabels
 data = torch.utils.data.TensorDataset(torch.randn(100, 3), torch.arange(100) % 10)
 meta = learn2learn.data.MetaDataset(data)
-tasks = learn2learn.data.TaskDataset(meta, [NWays(meta, 5), KShots(meta, 2), LoadData(meta), RemapLabels(meta)])
+transforms = [NWays(meta, 5), KShots(meta, 2), LoadData(meta), RemapLabels(meta)]
+tasks = learn2learn.data.TaskDataset(meta, transforms)
 X, Y = tasks.sample()
 assert tuple(X.shape) == (10, 3) and sorted(set(Y.tolist())) == [0, 1, 2, 3, 4]
 print("MAML-OK", before.item(), after.item())
@@ -61,8 +63,8 @@ def index_reachable() -> str | None:
 
 def run(cmd: list, cwd: Path) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV", "PYTHONHOME")}
-    return subprocess.run([str(c) for c in cmd], cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=TIMEOUT)
+    return subprocess.run([str(c) for c in cmd], check=False, cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=TIMEOUT)
 
 
 def checked(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
@@ -95,8 +97,7 @@ def test_install_learn2learn_in_fresh_venv(tmp_path):
         proc = run_script(python, tmp_path)
         assert proc.returncode == 1, proc.stdout + proc.stderr
         assert "torchvision" in proc.stderr and "torch==2.14.1 torchvision==0.29.1" in proc.stderr
-        probe = run([python, "-c", "import importlib.util as u; print(u.find_spec('torchvision'), "
-                     "u.find_spec('learn2learn'))"], tmp_path)
+        probe = run([python, "-c", FIND_SPECS.format("torchvision", "learn2learn")], tmp_path)
         assert checked(probe).stdout.split() == ["None", "None"]
 
         # With a torch/torchvision pair that imports, it builds, installs and checks learn2learn 0.2.0.
@@ -112,8 +113,7 @@ def test_install_learn2learn_in_fresh_venv(tmp_path):
         proc = checked(run([python, "-c", MAML_STEP], tmp_path))
         assert "MAML-OK" in proc.stdout
         # gsutil and qpth (in learn2learn's install_requires) are not needed, so not installed.
-        extra = run([python, "-c", "import importlib.util as u; print(u.find_spec('qpth'), "
-                     "u.find_spec('gslib'))"], tmp_path)
+        extra = run([python, "-c", FIND_SPECS.format("qpth", "gslib")], tmp_path)
         assert checked(extra).stdout.split() == ["None", "None"]
     finally:
         shutil.rmtree(venv_dir, ignore_errors=True)  # 5.5 GB: do not keep it among pytest's old tmp dirs
