@@ -209,7 +209,8 @@ def cmd_leaderboard(args: argparse.Namespace, registry: Any) -> int:
 
 
 def cmd_show(args: argparse.Namespace, registry: Any) -> int:
-    from harness.results import ResultStore, format_record
+    from harness.results import ResultStore
+    from harness.show import format_record
 
     print(format_record(ResultStore(args.results).find(args.cell_id)))
     return 0

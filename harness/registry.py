@@ -227,7 +227,7 @@ class HarnessPluginManager(pluggy.PluginManager):
                 reg.available = False
                 hint = " ".join(PIP_NAMES.get(m, m) for m in missing)
                 reg.reason = f"missing optional dependency {', '.join(missing)} (pip install {hint})"
-        for name, reg in self.backends.items():
+        for reg in self.backends.values():
             try:
                 ok, reason = reg.spec.factory().availability()
             except Exception as exc:

@@ -16,7 +16,7 @@ import signal
 import sys
 import time
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -418,5 +418,3 @@ def skipped_record(cell: Cell, registry: Any, status: str, reason: str) -> dict[
     return build_record(cell, resolved, {"status": status, "reason": reason, "environment": {}},
                         mode="none", started_at=now, finished_at=now)
 
-
-ProgressCallback = Callable[[int, int, Cell, dict[str, Any] | None], None]
