@@ -9,7 +9,7 @@ import pluggy
 
 from harness.base import Algorithm, Backend, TaskSuite
 from harness.errors import GridError, HarnessError, PluginError, UsageError
-from harness.specs import AlgorithmSpec, BackendSpec, Budget, Cell, TaskBatch, TaskSuiteSpec
+from harness.specs import AlgorithmSpec, BackendSpec, Budget, Cell, TaskBatch, TaskSuiteSpec, check_ranges
 
 __version__ = "0.1.0"
 
@@ -30,5 +30,6 @@ __all__ = [
     "TaskSuiteSpec",
     "UsageError",
     "__version__",
+    "check_ranges",
     "hookimpl",
 ]

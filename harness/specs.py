@@ -117,6 +117,26 @@ class Budget:
             raise ValueError(f"threads must be a positive integer, got {self.threads!r}")
 
 
+def check_ranges(
+    params: Any,
+    *,
+    at_least_one: tuple[str, ...] = (),
+    non_negative: tuple[str, ...] = (),
+    positive: tuple[str, ...] = (),
+) -> None:
+    """For a params dataclass's `__post_init__`: a ValueError naming the first field out of its range.
+
+    `at_least_one` are counts (steps, batch sizes), `non_negative` may be zero (test steps),
+    `positive` must be above zero (learning rates).
+    """
+    for names, bad, need in ((at_least_one, lambda v: v < 1, ">= 1"), (non_negative, lambda v: v < 0, ">= 0"),
+                             (positive, lambda v: v <= 0, "> 0")):
+        for name in names:
+            value = getattr(params, name)
+            if bad(value):
+                raise ValueError(f"{name} must be {need}, got {value!r}")
+
+
 def _fmt(value: Any) -> str:
     if isinstance(value, float):
         return repr(value)

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
-from harness import Algorithm, AlgorithmSpec, TaskBatch, TaskSuite, hookimpl
+from harness import Algorithm, AlgorithmSpec, TaskBatch, TaskSuite, check_ranges, hookimpl
 
 Params = dict[str, torch.Tensor]
 
@@ -50,13 +50,8 @@ class MetaSGDHparams:
     vmap_tasks: bool = True
 
     def __post_init__(self) -> None:
-        for name in ("inner_steps", "meta_batch_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
-        if self.test_steps < 0:
-            raise ValueError(f"test_steps must be >= 0, got {self.test_steps!r}")
-        if self.meta_lr <= 0:
-            raise ValueError(f"meta_lr must be > 0, got {self.meta_lr!r}")
+        check_ranges(self, at_least_one=("inner_steps", "meta_batch_size"), non_negative=("test_steps",),
+                     positive=("meta_lr",))
         if len(self.alpha_init) != 2:
             raise ValueError(f"alpha_init must be a range (low, high), got {self.alpha_init!r}")
         low, high = self.alpha_init

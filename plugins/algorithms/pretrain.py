@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, grad
 
-from harness import Algorithm, AlgorithmSpec, TaskBatch, TaskSuite, hookimpl
+from harness import Algorithm, AlgorithmSpec, TaskBatch, TaskSuite, check_ranges, hookimpl
 
 Params = dict[str, torch.Tensor]
 
@@ -38,13 +38,8 @@ class PretrainHparams:
     test_steps: int = 10
 
     def __post_init__(self) -> None:
-        if self.meta_batch_size < 1:
-            raise ValueError(f"meta_batch_size must be >= 1, got {self.meta_batch_size!r}")
-        if self.test_steps < 0:
-            raise ValueError(f"test_steps must be >= 0, got {self.test_steps!r}")
-        for name in ("lr", "inner_lr"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
+        check_ranges(self, at_least_one=("meta_batch_size",), non_negative=("test_steps",),
+                     positive=("lr", "inner_lr"))
 
 
 class Pretrain(Algorithm):

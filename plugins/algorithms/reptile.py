@@ -31,7 +31,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
-from harness import Algorithm, AlgorithmSpec, TaskBatch, TaskSuite, hookimpl
+from harness import Algorithm, AlgorithmSpec, TaskBatch, TaskSuite, check_ranges, hookimpl
 
 Params = dict[str, torch.Tensor]
 
@@ -58,13 +58,8 @@ class ReptileHparams:
     vmap_tasks: bool = True
 
     def __post_init__(self) -> None:
-        for name in ("inner_steps", "meta_batch_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
-        if self.test_steps < 0:
-            raise ValueError(f"test_steps must be >= 0, got {self.test_steps!r}")
-        if self.inner_lr <= 0:
-            raise ValueError(f"inner_lr must be > 0, got {self.inner_lr!r}")
+        check_ranges(self, at_least_one=("inner_steps", "meta_batch_size"), non_negative=("test_steps",),
+                     positive=("inner_lr",))
         if not 0 < self.outer_lr <= 1:
             raise ValueError(f"outer_lr must be in (0, 1] (an interpolation step), got {self.outer_lr!r}")
 
