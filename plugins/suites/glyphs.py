@@ -1,0 +1,284 @@
+"""Few-shot classification of procedurally generated glyphs: an offline stand-in for Omniglot (Lake,
+Salakhutdinov & Tenenbaum 2015) that needs no data files and no network.
+
+Each class is a fixed random "stroke program": 2-5 strokes, each a cubic Bezier curve whose four
+control points are a short random walk in the unit square; later strokes often start at an end of an
+earlier one, as pen strokes of a character do. Class c is a pure function of (seed, c), so glyph c is
+the same forever and for any `num_classes`. Each drawing of a class is the program with its own
+jitter: control points moved a little, a random affine map (rotation, scale, shear, translation) and
+its own stroke width, rendered by an anti-aliased, vectorised torch rasteriser (each pixel's distance
+to the strokes, from a separable Gaussian line integral computed as one batched matrix product, then
+a one-pixel linear ramp at the stroke's edge; see `render`). Measured on one CPU thread: 230-340
+5-way 1-shot 15-query episodes per second, rendered afresh every time.
+
+Episodes have the Omniglot suite's layout (ink = 1 on a dark background) and the same conv4 model.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from harness import TaskBatch, TaskSuite, TaskSuiteSpec, hookimpl
+
+MODELS = ("conv4", "conv4-nopool")
+SPLITS = ("train", "val", "test")
+FILTERS = 64  # conv4: 64 filters in every layer (MAML section 5.2)
+
+# The universe of glyphs (changing any of these changes every class: bump the spec's version).
+STROKES = (2, 5)  # strokes per class, inclusive
+POINTS = 4  # control points per stroke: a cubic Bezier curve
+SAMPLES = 32  # points per curve the rasteriser integrates over (at most ~1.3 px apart at 28 px)
+CHUNK = 256  # drawings rendered at once
+SIGMA = 1.0  # width of the rasteriser's Gaussian, pixels at 28 px
+STEP = (0.15, 0.35)  # length of a control-point step of the random walk, in unit-square units
+TURN = 1.0  # std of the walk's turn per step, radians
+MARGIN = 0.12  # control points stay in [MARGIN, 1 - MARGIN]
+ATTACH = 0.6  # probability that a later stroke starts at an end of an earlier one
+# Per-drawing jitter (28-pixel units scale with image_size).
+POINT_JITTER = 0.025  # std of each control point's displacement, unit-square units
+ROTATION = 10.0  # degrees, uniform in +-
+SCALE = (0.9, 1.1)
+SHEAR = 0.15  # uniform in +-
+SHIFT = 2.0  # pixels at 28 px, uniform in +-
+WIDTH = (0.7, 1.2)  # stroke half-width in pixels at 28 px; the ink then fades over one more pixel
+
+
+@dataclass(frozen=True)
+class GlyphsConfig:
+    """Episode sizes, the glyph universe and the model. `query` is query images per class; classes
+    0..num_classes-1 split 3/4 train, 1/8 val, the rest test (3000 / 500 / 500 by default); `seed`
+    picks the universe of glyphs, not the episodes."""
+
+    ways: int = 5
+    shots: int = 1
+    query: int = 15
+    image_size: int = 28
+    num_classes: int = 4000
+    seed: int = 0
+    model: str = "conv4"
+
+    def __post_init__(self) -> None:
+        for name in ("ways", "shots", "query", "image_size", "num_classes"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
+            raise ValueError(f"seed must be a non-negative integer, got {self.seed!r}")
+        if self.model not in MODELS:
+            raise ValueError(f"model must be one of {', '.join(MODELS)}, got {self.model!r}")
+        if self.image_size < 8:
+            raise ValueError(f"image_size must be at least 8 pixels, got {self.image_size}")
+        if self.model == "conv4" and self.image_size < 16:
+            raise ValueError(f"model 'conv4' needs image_size >= 16 (four 2x2 max-pools), got "
+                             f"{self.image_size}; use model 'conv4-nopool' for smaller images")
+        sizes = {split: hi - lo for split, (lo, hi) in class_ranges(self.num_classes).items()}
+        smallest = min(sizes, key=lambda s: sizes[s])
+        if self.ways > sizes[smallest]:
+            raise ValueError(f"{self.ways}-way episodes need {self.ways} classes in every split, but "
+                             f"num_classes={self.num_classes} leaves {sizes[smallest]} in the {smallest} "
+                             f"split (splits: {sizes}); raise num_classes to at least {8 * self.ways}")
+
+
+def class_ranges(num_classes: int) -> dict[str, tuple[int, int]]:
+    """[start, stop) class indices of each split: 3/4 train, 1/8 val, the rest test."""
+    train, val = num_classes * 3 // 4, num_classes // 8
+    return {"train": (0, train), "val": (train, train + val), "test": (train + val, num_classes)}
+
+
+def _class_seed(seed: int, c: int) -> int:
+    """A 63-bit generator seed for class c of universe `seed` (splitmix64-style mixing)."""
+    z = (seed * 0x9E3779B97F4A7C15 + c * 0xBF58476D1CE4E5B9 + 0x94D049BB133111EB) % (1 << 64)
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) % (1 << 64)
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) % (1 << 64)
+    return (z ^ (z >> 31)) >> 1
+
+
+def stroke_program(seed: int, c: int) -> tuple[torch.Tensor, int]:
+    """Class c's control points [STROKES[1], POINTS, 2] in the unit square (x right, y down; unused
+    strokes zero) and its number of strokes, drawn from a generator seeded by (seed, c) alone."""
+    g = torch.Generator().manual_seed(_class_seed(seed, c))
+    u = iter(torch.rand(1 + STROKES[1] * (5 + 3 * (POINTS - 1)), generator=g, dtype=torch.float64).tolist())
+    strokes = STROKES[0] + min(int(next(u) * (STROKES[1] - STROKES[0] + 1)), STROKES[1] - STROKES[0])
+    lo, hi = MARGIN, 1.0 - MARGIN
+    points = torch.zeros(STROKES[1], POINTS, 2)
+    ends: list[tuple[float, float]] = []
+    for s in range(strokes):
+        attach, pick, x0, y0 = next(u), next(u), next(u), next(u)
+        if ends and attach < ATTACH:
+            x, y = ends[min(int(pick * len(ends)), len(ends) - 1)]
+        else:
+            x, y = lo + (hi - lo) * x0, lo + (hi - lo) * y0
+        angle = 2 * math.pi * next(u)
+        walk = [(x, y)]
+        for _ in range(POINTS - 1):
+            # Box-Muller turn, then a step; reflect off the margins so strokes stay inside.
+            u1, u2 = max(next(u), 1e-12), next(u)
+            angle += TURN * math.sqrt(-2 * math.log(u1)) * math.cos(2 * math.pi * u2) / 2
+            step = STEP[0] + (STEP[1] - STEP[0]) * next(u)
+            x, y = x + step * math.cos(angle), y + step * math.sin(angle)
+            if not lo <= x <= hi:
+                x, angle = min(max(2 * (lo if x < lo else hi) - x, lo), hi), math.pi - angle
+            if not lo <= y <= hi:
+                y, angle = min(max(2 * (lo if y < lo else hi) - y, lo), hi), -angle
+            walk.append((x, y))
+        points[s] = torch.tensor(walk)
+        ends += [walk[0], walk[-1]]
+    return points, strokes
+
+
+_T = torch.linspace(0.0, 1.0, SAMPLES, dtype=torch.float64)
+BEZIER = torch.stack([(1 - _T) ** 3, 3 * (1 - _T) ** 2 * _T, 3 * (1 - _T) * _T**2, _T**3], dim=1).float()
+
+
+def render(points: torch.Tensor, strokes: torch.Tensor, width: torch.Tensor, size: int) -> torch.Tensor:
+    """Anti-aliased images [N, size, size] in [0, 1] of N drawings.
+
+    points [N, S, POINTS, 2]: control points in pixel units (pixel i covers [i, i + 1)); strokes [N]:
+    how many of the S strokes each drawing uses; width [N]: stroke half-width in pixels. A pixel's ink
+    is clamp(width + 0.5 - d, 0, 1), d its distance to the nearest stroke.
+
+    d comes from a line integral of a Gaussian along the curves, which is separable and so a batched
+    matrix product: for a straight stroke, integral of exp(-|p - c(s)|^2 / sigma^2) ds equals
+    sqrt(pi) sigma exp(-d^2 / sigma^2), so d = sigma sqrt(-log(integral / (sqrt(pi) sigma))). The
+    integral is a sum over SAMPLES points per curve weighted by their arc length, so it does not
+    depend on the curve's parametrisation; where strokes cross or bend, the sum only grows, which
+    saturates the ink. This is ~50x faster on CPU than the distance from every pixel to every segment.
+    """
+    n, s = points.shape[:2]
+    curve = torch.einsum("tk,nskd->nstd", BEZIER.to(points.dtype), points)  # [N, S, SAMPLES, 2]
+    step = (curve[:, :, 1:] - curve[:, :, :-1]).norm(dim=-1)  # [N, S, SAMPLES-1]
+    weight = F.pad(step, (0, 1)) / 2 + F.pad(step, (1, 0)) / 2  # trapezoid rule: arc length per sample
+    used = torch.arange(s).unsqueeze(0) < strokes.unsqueeze(1)
+    weight = (weight * used.unsqueeze(-1)).reshape(n, -1, 1)  # [N, M, 1]
+    curve = curve.reshape(n, -1, 2)
+    sigma = SIGMA * size / 28.0
+    centre = torch.arange(size, dtype=points.dtype) + 0.5
+    # Exponents clamped at -30: far from the curve exp would underflow to denormals, which are slow.
+    gx = torch.exp(((centre - curve[:, :, :1]) / sigma).square_().clamp_(max=30.0).neg_()) * weight
+    gy = torch.exp(((centre - curve[:, :, 1:]) / sigma).square_().clamp_(max=30.0).neg_())  # [N, M, H]
+    total = torch.bmm(gy.transpose(1, 2), gx) / (math.sqrt(math.pi) * sigma)  # [N, H, W]
+    dist = sigma * torch.sqrt(-torch.log(total.clamp_(1e-30, 1.0)))
+    return (width.view(n, 1, 1) + 0.5 - dist).clamp_(0.0, 1.0)
+
+
+class GlyphsSuite(TaskSuite):
+    """N-way K-shot episodes of procedural glyphs, scored by query accuracy."""
+
+    kind = "classification"
+    metric_name = "accuracy"
+    higher_is_better = True
+
+    def __init__(self, config: GlyphsConfig | None = None) -> None:
+        super().__init__(config if config is not None else GlyphsConfig())
+        n = self.config.num_classes
+        self.ranges = class_ranges(n)
+        # Stroke programs are drawn on first use and kept: a suite touches only the classes it samples.
+        self._points = torch.zeros(n, STROKES[1], POINTS, 2)
+        self._strokes = torch.zeros(n, dtype=torch.long)
+        self._known = torch.zeros(n, dtype=torch.bool)
+
+    def programs(self, classes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Control points [..., S, POINTS, 2] (unit square) and stroke counts [...] of class indices."""
+        for c in classes[~self._known[classes]].unique().tolist():
+            self._points[c], self._strokes[c] = stroke_program(self.config.seed, c)
+            self._known[c] = True
+        return self._points[classes], self._strokes[classes]
+
+    def draw(self, classes: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """One jittered drawing of each class index in `classes` (any shape): float32 [..., H, W]."""
+        size, shape = self.config.image_size, classes.shape
+        points, strokes = self.programs(classes.reshape(-1))
+        n, px = points.shape[0], size / 28.0
+        noise = torch.randn(n, *points.shape[1:], generator=generator) * POINT_JITTER
+        u = torch.rand(n, 6, generator=generator)
+        angle = math.radians(ROTATION) * (2 * u[:, 0] - 1)
+        scale = SCALE[0] + (SCALE[1] - SCALE[0]) * u[:, 1]
+        shear = SHEAR * (2 * u[:, 2] - 1)
+        shift = SHIFT * px * (2 * u[:, 3:5] - 1)
+        width = px * (WIDTH[0] + (WIDTH[1] - WIDTH[0]) * u[:, 5])
+        cos, sin = torch.cos(angle) * scale, torch.sin(angle) * scale
+        # Rotation-scale after a shear along x, about the image centre; Bezier curves are affine
+        # invariant, so mapping the control points maps the whole curve.
+        rows = [torch.stack([cos, cos * shear - sin], -1), torch.stack([sin, sin * shear + cos], -1)]
+        matrix = torch.stack(rows, -2)
+        centred = (points + noise - 0.5) * size
+        mapped = torch.einsum("nij,nskj->nski", matrix, centred) + size / 2 + shift[:, None, None, :]
+        # In chunks: a whole meta-batch at once spills the caches and renders at half the speed.
+        images = [render(mapped[i : i + CHUNK], strokes[i : i + CHUNK], width[i : i + CHUNK], size)
+                  for i in range(0, n, CHUNK)]
+        return torch.cat(images).reshape(*shape, size, size)
+
+    def sample(self, n_tasks: int, generator: torch.Generator, split: str) -> TaskBatch:
+        """`n_tasks` episodes: support_x [n, ways*shots, 1, H, W] float32 in [0, 1] (ink = 1), labels
+        int64 in 0..ways-1, class-major (all shots of label 0 first); query_x likewise with `query`."""
+        if split not in SPLITS:
+            raise ValueError(f"unknown split {split!r}; valid splits: {', '.join(SPLITS)}")
+        if not isinstance(n_tasks, int) or isinstance(n_tasks, bool) or n_tasks < 1:
+            raise ValueError(f"n_tasks must be a positive integer, got {n_tasks!r}")
+        cfg = self.config
+        lo, hi = self.ranges[split]
+        # The first `ways` entries of a uniform random permutation: distinct classes in random order,
+        # so label = position is already a random relabelling (as the Omniglot suite does).
+        keys = torch.rand(n_tasks, hi - lo, generator=generator, dtype=torch.float64)
+        picked = keys.argsort(dim=1, stable=True)[:, : cfg.ways] + lo
+        per_class, size = cfg.shots + cfg.query, cfg.image_size
+        x = self.draw(picked.unsqueeze(-1).expand(-1, -1, per_class), generator).unsqueeze(3)
+        labels = torch.arange(cfg.ways)
+        return TaskBatch(
+            support_x=x[:, :, : cfg.shots].reshape(n_tasks, cfg.ways * cfg.shots, 1, size, size),
+            support_y=labels.repeat_interleave(cfg.shots).expand(n_tasks, -1).clone(),
+            query_x=x[:, :, cfg.shots :].reshape(n_tasks, cfg.ways * cfg.query, 1, size, size),
+            query_y=labels.repeat_interleave(cfg.query).expand(n_tasks, -1).clone(),
+        )
+
+    def build_model(self) -> nn.Module:
+        """conv4 (4 x [3x3 conv 64, batch norm with batch statistics, ReLU, 2x2 max-pool], linear to
+        `ways`) or conv4-nopool (stride-2 convolutions, global average), as the Omniglot suite builds."""
+        pool = self.config.model == "conv4"
+        layers: list[nn.Module] = []
+        for i in range(4):
+            layers += [nn.Conv2d(1 if i == 0 else FILTERS, FILTERS, 3, stride=1 if pool else 2, padding=1),
+                       nn.BatchNorm2d(FILTERS, track_running_stats=False), nn.ReLU()]
+            layers += [nn.MaxPool2d(2)] if pool else []
+        side = self.config.image_size // 16 if pool else 1
+        layers += [nn.Flatten()] if pool else [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
+        return nn.Sequential(*layers, nn.Linear(FILTERS * side * side, self.config.ways))
+
+    def loss(self, prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy of the logits."""
+        return F.cross_entropy(prediction, target)
+
+    def metric(self, prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Fraction of query images whose highest logit is the true label."""
+        return (prediction.argmax(dim=-1) == target).to(torch.float32).mean()
+
+    def describe(self) -> dict[str, object]:
+        return {
+            "seed": self.config.seed,
+            "splits": {split: {"classes": [lo, hi]} for split, (lo, hi) in self.ranges.items()},
+            "program": {"strokes": list(STROKES), "bezier_points": POINTS,
+                        "step": list(STEP), "turn": TURN, "margin": MARGIN, "attach": ATTACH},
+            "jitter": {"point_std": POINT_JITTER, "rotation_deg": ROTATION, "scale": list(SCALE),
+                       "shear": SHEAR, "shift_px28": SHIFT, "half_width_px28": list(WIDTH)},
+            "render": {"samples_per_stroke": SAMPLES, "sigma_px28": SIGMA},
+        }
+
+
+@hookimpl
+def harness_register_task_suites() -> list[TaskSuiteSpec]:
+    return [
+        TaskSuiteSpec(
+            name="glyphs",
+            factory=GlyphsSuite,
+            config=GlyphsConfig,
+            task_kind="classification",
+            description="N-way K-shot classification of procedurally generated stroke glyphs (offline, no "
+                        "data files); accuracy",
+            paper="procedural stand-in for Omniglot (Lake et al. 2015)",
+        )
+    ]
