@@ -28,6 +28,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "metaharness_plugins.backends.mps",
     "metaharness_plugins.suites.sinusoid",
     "metaharness_plugins.suites.omniglot",
+    "metaharness_plugins.suites.glyphs",
     "metaharness_plugins.algorithms.maml",
     "metaharness_plugins.algorithms.metasgd",
     "metaharness_plugins.algorithms.reptile",

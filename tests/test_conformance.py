@@ -13,7 +13,10 @@ from harness.specs import Budget, Cell
 REGISTRY = build_plugin_manager(entry_points=False)
 SMALL = Budget(iterations=4, val_interval=2, val_episodes=2, test_episodes=3, threads=1)
 #: The smallest configuration of each suite (the defaults where they are already small).
-SMALLEST_SUITE = {"omniglot": (("image_size", 16), ("query", 2), ("ways", 3))}
+SMALLEST_SUITE = {
+    "omniglot": (("image_size", 16), ("query", 2), ("ways", 3)),
+    "glyphs": (("image_size", 16), ("query", 2), ("ways", 3)),
+}
 SMALLEST_ALGORITHM = (("meta_batch_size", 2),)
 PAIRS = [
     (a, s, b)
