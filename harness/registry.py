@@ -33,6 +33,9 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "metaharness_plugins.algorithms.metasgd",
     "metaharness_plugins.algorithms.reptile",
     "metaharness_plugins.algorithms.pretrain",
+    "metaharness_plugins.algorithms.anil",
+    "metaharness_plugins.algorithms.protonet",
+    "metaharness_plugins.algorithms.matchingnet",
 )
 
 ENTRY_POINT_GROUP = "harness.plugins"
