@@ -3,42 +3,18 @@ head-only adaptation, registration, and learning 5-way 1-shot on the real Omnigl
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pluggy
 import pytest
 import torch
 import torch.nn.functional as F
-from metaharness_plugins.algorithms import anil as anil_module
-from metaharness_plugins.algorithms.anil import ANIL, ANILHparams
-from metaharness_plugins.backends.cpu import CPUBackend
 from torch import nn
 
 import harness.hookspecs
-from harness import TaskBatch, TaskSuite
-
-DATA = Path(__file__).resolve().parents[3] / "shared" / "data" / "omniglot"
-ARCHIVES = ("images_background_small1.zip", "images_background_small2.zip")
-
-
-class TinySuite(TaskSuite):
-    """3-way classification of 4-dimensional vectors: just the loss and metric the algorithm uses."""
-
-    kind, metric_name, higher_is_better = "classification", "accuracy", True
-
-    def sample(self, n_tasks: int, generator: torch.Generator, split: str) -> TaskBatch:
-        sy = torch.arange(3).repeat(2).expand(n_tasks, -1)
-        return TaskBatch(torch.randn(n_tasks, 6, 4, generator=generator, dtype=torch.float64), sy.clone(),
-                         torch.randn(n_tasks, 6, 4, generator=generator, dtype=torch.float64), sy.clone())
-
-    def build_model(self) -> nn.Module:
-        return nn.Sequential(nn.Linear(4, 5), nn.Tanh(), nn.Linear(5, 3)).double()
-
-    def loss(self, prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(prediction, target)
-
-    def metric(self, prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return (prediction.argmax(-1) == target).float().mean()
+from harness import TaskBatch
+from metaharness_plugins.algorithms import anil as anil_module
+from metaharness_plugins.algorithms.anil import ANIL, ANILHparams
+from metaharness_plugins.backends.cpu import CPUBackend
+from tests.plugins.helpers import DATA, TinySuite, require_omniglot
 
 
 def _algo(**hparams: object) -> ANIL:
@@ -130,8 +106,7 @@ def test_learns_omniglot_5_way_1_shot() -> None:
     settings, but meta-batch 4 and meta_lr 0.003 to learn in a few iterations) lift test accuracy on 50
     episodes after three head steps from 0.25-0.27 (untrained, seeds 0-2; chance 0.2) to 0.43-0.50,
     about 10 s on one thread (175 ms per meta-iteration; first order 155 ms, 0.48-0.51)."""
-    if not all((DATA / name).is_file() for name in ARCHIVES):
-        pytest.skip(f"the Omniglot small background sets are not in {DATA}")
+    require_omniglot()
     pytest.importorskip("PIL")
     from metaharness_plugins.suites.omniglot import OmniglotConfig, OmniglotSuite
 

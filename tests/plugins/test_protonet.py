@@ -3,43 +3,18 @@ the meta-update, registration, and learning 5-way 1-shot on the real Omniglot sm
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pluggy
 import pytest
 import torch
 import torch.nn.functional as F
-from metaharness_plugins.algorithms import protonet as protonet_module
-from metaharness_plugins.algorithms.protonet import ProtoNet, ProtoNetHparams
-from metaharness_plugins.backends.cpu import CPUBackend
 from torch import nn
 
 import harness.hookspecs
-from harness import TaskBatch, TaskSuite
 from harness.specs import resolve_params
-
-DATA = Path(__file__).resolve().parents[3] / "shared" / "data" / "omniglot"
-ARCHIVES = ("images_background_small1.zip", "images_background_small2.zip")
-
-
-class TinySuite(TaskSuite):
-    """3-way classification of 4-dimensional vectors: just the loss and metric the algorithm uses."""
-
-    kind, metric_name, higher_is_better = "classification", "accuracy", True
-
-    def sample(self, n_tasks: int, generator: torch.Generator, split: str) -> TaskBatch:
-        sy = torch.arange(3).repeat(2).expand(n_tasks, -1)
-        return TaskBatch(torch.randn(n_tasks, 6, 4, generator=generator, dtype=torch.float64), sy.clone(),
-                         torch.randn(n_tasks, 6, 4, generator=generator, dtype=torch.float64), sy.clone())
-
-    def build_model(self) -> nn.Module:
-        return nn.Sequential(nn.Linear(4, 5), nn.Tanh(), nn.Linear(5, 3)).double()
-
-    def loss(self, prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(prediction, target)
-
-    def metric(self, prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return (prediction.argmax(-1) == target).float().mean()
+from metaharness_plugins.algorithms import protonet as protonet_module
+from metaharness_plugins.algorithms.protonet import ProtoNet, ProtoNetHparams
+from metaharness_plugins.backends.cpu import CPUBackend
+from tests.plugins.helpers import DATA, TinySuite, require_omniglot
 
 
 def _algo(**hparams: object) -> ProtoNet:
@@ -118,8 +93,7 @@ def test_learns_omniglot_5_way_1_shot() -> None:
     """60 episodes (Adam 1e-3, one episode per step, the paper's settings) lift test accuracy on 50
     episodes from 0.45 (untrained conv4: random features already beat chance, 0.2) to 0.61-0.64 over
     seeds 0-2, about 4 s on one thread (about 45 ms per episode)."""
-    if not all((DATA / name).is_file() for name in ARCHIVES):
-        pytest.skip(f"the Omniglot small background sets are not in {DATA}")
+    require_omniglot()
     pytest.importorskip("PIL")
     from metaharness_plugins.suites.omniglot import OmniglotConfig, OmniglotSuite
 
