@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pluggy
 
-from harness.base import Algorithm, Backend, TaskSuite
+from harness.base import Algorithm, Backend, TaskSuite, split_classifier
 from harness.errors import GridError, HarnessError, PluginError, UsageError
 from harness.specs import AlgorithmSpec, BackendSpec, Budget, Cell, TaskBatch, TaskSuiteSpec, check_ranges
 
@@ -32,4 +32,5 @@ __all__ = [
     "__version__",
     "check_ranges",
     "hookimpl",
+    "split_classifier",
 ]

@@ -142,3 +142,18 @@ class Backend(abc.ABC):
     def describe(self) -> dict[str, Any]:
         """Device facts for the record (GPU name, driver, ...)."""
         return {}
+
+
+def split_classifier(
+    model: nn.Module, algorithm: str, role: str = "classifier (its embedding is everything before that layer)"
+) -> tuple[nn.Sequential, nn.Linear]:
+    """(body, head) of a classification model: an nn.Sequential without, and with only, its last Linear.
+
+    Classification suites build models of that shape; algorithms that treat the last layer apart
+    (metric-based heads, head-only adaptation) split them here, with a clear error otherwise.
+    """
+    if not isinstance(model, nn.Sequential) or len(model) < 2 or not isinstance(model[-1], nn.Linear):
+        last = type(model[-1]).__name__ if isinstance(model, nn.Sequential) and len(model) else None
+        raise TypeError(f"{algorithm} needs the suite's model to be an nn.Sequential ending in an nn.Linear "
+                        f"{role}; got {type(model).__name__}" + (f" ending in {last}" if last else ""))
+    return nn.Sequential(*list(model)[:-1]), model[-1]

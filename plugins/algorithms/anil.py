@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
-from harness import Algorithm, AlgorithmSpec, TaskBatch, TaskSuite, check_ranges, hookimpl
+from harness import Algorithm, AlgorithmSpec, TaskBatch, TaskSuite, check_ranges, hookimpl, split_classifier
 
 Params = dict[str, torch.Tensor]
 
@@ -70,13 +70,8 @@ class ANIL(Algorithm):
 
     def __init__(self, hparams: ANILHparams, model: nn.Module, suite: TaskSuite, backend: Any) -> None:
         super().__init__(hparams, model, suite, backend)
-        if not isinstance(model, nn.Sequential) or len(model) < 2 or not isinstance(model[-1], nn.Linear):
-            last = type(model[-1]).__name__ if isinstance(model, nn.Sequential) and len(model) else None
-            raise TypeError("anil needs the suite's model to be an nn.Sequential ending in an nn.Linear head "
-                            "(the only layer its inner loop adapts); got "
-                            f"{type(model).__name__}" + (f" ending in {last}" if last else ""))
+        self.body, self.head = split_classifier(model, "anil", "head (the only layer its inner loop adapts)")
         self.model = model.to(self.device)
-        self.body, self.head = nn.Sequential(*list(model)[:-1]), model[-1]
         prefix = f"{len(model) - 1}."
         self.params: Params = dict(self.model.named_parameters())
         self.head_names = {name: name[len(prefix):] for name in self.params if name.startswith(prefix)}

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import vmap
 
-from harness import Algorithm, AlgorithmSpec, TaskBatch, TaskSuite, check_ranges, hookimpl
+from harness import Algorithm, AlgorithmSpec, TaskBatch, TaskSuite, check_ranges, hookimpl, split_classifier
 
 
 @dataclass(frozen=True)
@@ -49,16 +49,6 @@ class MatchingNetHparams:
 
     def __post_init__(self) -> None:
         check_ranges(self, at_least_one=("meta_batch_size", "fce_steps"), positive=("meta_lr",))
-
-
-def split_classifier(model: nn.Module, algorithm: str) -> tuple[nn.Sequential, nn.Linear]:
-    """(embedding, classifier): an nn.Sequential model without, and with only, its final nn.Linear."""
-    if not isinstance(model, nn.Sequential) or len(model) < 2 or not isinstance(model[-1], nn.Linear):
-        last = type(model[-1]).__name__ if isinstance(model, nn.Sequential) and len(model) else None
-        raise TypeError(f"{algorithm} needs the suite's model to be an nn.Sequential ending in an nn.Linear "
-                        f"classifier (its embedding is everything before that layer); got "
-                        f"{type(model).__name__}" + (f" ending in {last}" if last else ""))
-    return nn.Sequential(*list(model)[:-1]), model[-1]
 
 
 def cosine_attention(queries: Tensor, support: Tensor, labels: Tensor, classes: int) -> Tensor:
