@@ -29,6 +29,8 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "metaharness_plugins.suites.sinusoid",
     "metaharness_plugins.suites.omniglot",
     "metaharness_plugins.suites.glyphs",
+    "metaharness_plugins.suites.omniglot_runs",
+    "metaharness_plugins.suites.fewshot_images",
     "metaharness_plugins.algorithms.maml",
     "metaharness_plugins.algorithms.metasgd",
     "metaharness_plugins.algorithms.reptile",
@@ -36,6 +38,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "metaharness_plugins.algorithms.anil",
     "metaharness_plugins.algorithms.protonet",
     "metaharness_plugins.algorithms.matchingnet",
+    "metaharness_plugins.algorithms.l2l",
 )
 
 ENTRY_POINT_GROUP = "harness.plugins"
