@@ -35,6 +35,16 @@ class TaskSuite(abc.ABC):
     def sample(self, n_tasks: int, generator: torch.Generator, split: str) -> TaskBatch:
         """Return `n_tasks` episodes of `split` ("train", "val" or "test") drawn with `generator`."""
 
+    def fixed_episodes(self, split: str) -> TaskBatch | None:
+        """The episodes of `split` when the suite defines them rather than samples them, else None.
+
+        A benchmark with a published, fixed test set (Lake et al.'s twenty one-shot runs) returns all
+        of it here; the runner then evaluates exactly those episodes, however many there are, in place
+        of `budget.test_episodes` (or `val_episodes`) drawn with `sample`, and records their number.
+        The default, None, means the split is sampled.
+        """
+        return None
+
     @abc.abstractmethod
     def build_model(self) -> nn.Module:
         """A freshly initialised default model for this suite (initialised from torch's global RNG)."""

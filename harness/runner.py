@@ -167,8 +167,9 @@ def harness_run_cell(cell: Cell, context: CellContext) -> dict[str, Any]:
     model = suite.build_model().to(device)
     algo = context.algorithm_spec.factory(hparams=context.hparams, model=model, suite=suite, backend=backend)
     train_gen = torch.Generator().manual_seed(context.seeds["cell"])
-    val_batch = suite.sample(budget.val_episodes, torch.Generator().manual_seed(context.seeds["val"]), "val").to(device)
-    test_batch = suite.sample(budget.test_episodes, torch.Generator().manual_seed(context.seeds["test"]), "test").to(device)
+    val_batch, _ = episodes(suite, "val", budget.val_episodes, context.seeds["val"])
+    test_batch, test_fixed = episodes(suite, "test", budget.test_episodes, context.seeds["test"])
+    val_batch, test_batch = val_batch.to(device), test_batch.to(device)
     better = (lambda a, b: a > b) if suite.higher_is_better else (lambda a, b: a < b)
 
     warmup_n = min(MAX_WARMUP_ITERATIONS, budget.iterations // 10)
@@ -223,7 +224,7 @@ def harness_run_cell(cell: Cell, context: CellContext) -> dict[str, Any]:
     result = {
         "metric": {"name": suite.metric_name, "higher_is_better": suite.higher_is_better, "mean": mean,
                    "ci95": ci, "std": std, "n": len(per_step[-1]), "final_step": len(per_step) - 1,
-                   "per_step": summary},
+                   "per_step": summary, "episodes": "fixed" if test_fixed else "sampled"},
         "timings": {"meta_train_s": train_wall - warmup.total - val_s, "warmup_s": warmup.total,
                     "warmup_iterations": len(warmup.samples), "iterations": iteration, "stopped_by": stopped_by,
                     "validation_s": val_s, "time_per_iteration_s": steps.median if steps.samples else warmup.median,
@@ -237,6 +238,16 @@ def harness_run_cell(cell: Cell, context: CellContext) -> dict[str, Any]:
         raise Diverged(f"test {suite.metric_name} is {mean}: {bad} of {len(per_step[-1])} test episodes "
                        f"non-finite after {len(per_step) - 1} adaptation steps", result)
     return result
+
+
+def episodes(suite: Any, split: str, n: int, seed: int) -> tuple[TaskBatch, bool]:
+    """(episodes of `split`, whether they are the suite's fixed set): every fixed episode the suite
+    declares (`TaskSuite.fixed_episodes`), whatever `n`, else `n` sampled with a generator seeded by
+    `seed`."""
+    fixed = suite.fixed_episodes(split)
+    if fixed is not None:
+        return fixed, True
+    return suite.sample(n, torch.Generator().manual_seed(seed), split), False
 
 
 def evaluate(algo: Any, batch: TaskBatch, steps: int, latency: Stopwatch | None = None) -> list[list[float]]:

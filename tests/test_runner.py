@@ -33,6 +33,7 @@ def test_record_has_every_measurement(registry, write_grid, tmp_path):
     assert metric["name"] == "mse" and metric["higher_is_better"] is False and metric["n"] == 6
     assert [s["step"] for s in metric["per_step"]] == list(range(11))  # MAML tests with 10 steps
     assert metric["mean"] == metric["per_step"][-1]["mean"] and metric["ci95"] > 0
+    assert metric["episodes"] == "sampled"
     timings = record["timings"]
     assert timings["iterations"] == 12 and timings["warmup_iterations"] == 1 and timings["stopped_by"] == "iterations"
     assert 0 < timings["time_per_iteration_s"] < timings["meta_train_s"]
@@ -132,3 +133,48 @@ def test_bad_hyper_parameter_fails_before_any_cell_runs(registry, tmp_path):
 def test_stable_seed_is_a_pure_function():
     assert stable_seed(0, "a") == stable_seed(0, "a") != stable_seed(1, "a")
     assert 0 <= stable_seed("x") < 2**31
+
+
+FIXED_TEST_SUITE = '''
+"""A sinusoid suite whose test split is a fixed set of seven episodes, as a published benchmark's is."""
+import torch
+from metaharness_plugins.suites.sinusoid import SinusoidConfig, SinusoidSuite
+
+from harness import TaskSuiteSpec, hookimpl
+
+
+class FixedTestSinusoid(SinusoidSuite):
+    def fixed_episodes(self, split):
+        if split != "test":
+            return None
+        return SinusoidSuite.sample(self, 7, torch.Generator().manual_seed(1234), "test")
+
+    def sample(self, n_tasks, generator, split):
+        if split == "test":
+            raise AssertionError("the runner sampled a split the suite declares fixed")
+        return super().sample(n_tasks, generator, split)
+
+
+@hookimpl
+def harness_register_task_suites():
+    return [TaskSuiteSpec(name="fixed-sinusoid", factory=FixedTestSinusoid, config=SinusoidConfig,
+                          task_kind="regression", description="sinusoid with seven fixed test episodes")]
+'''
+
+
+def test_a_suites_fixed_test_episodes_replace_sampled_ones(tmp_path):
+    from harness.registry import build_plugin_manager
+    from harness.specs import Budget, Cell
+
+    plugin = tmp_path / "fixed_suite.py"
+    plugin.write_text(FIXED_TEST_SUITE)
+    registry = build_plugin_manager([str(plugin)], entry_points=False)
+    records = []
+    for test_episodes in (50, 2):  # the budget's count is ignored: all seven fixed episodes, every time
+        budget = Budget(iterations=4, val_interval=2, val_episodes=3, test_episodes=test_episodes, threads=1)
+        cell = Cell("pretrain", (), "fixed-sinusoid", (("shots", 5),), "cpu", 0, budget)
+        records.append(run_one(cell, registry, in_process=True))
+    for record in records:
+        assert record["status"] == "ok", record.get("traceback", record["reason"])
+        assert record["metric"]["n"] == 7 and record["metric"]["episodes"] == "fixed"
+    assert _metrics(records[:1]).popitem()[1] == _metrics(records[1:]).popitem()[1]
