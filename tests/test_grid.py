@@ -19,7 +19,12 @@ def test_shipped_grids_expand(registry):
     assert {c.algorithm for c in smoke.cells} == {"maml", "fomaml", "metasgd", "reptile", "pretrain"}
     assert all(c.backend == registry.auto_backend() for c in smoke.cells)
     default = load_grid("default", registry)
-    assert len(default.cells) == 10
+    by_suite = {s: [c for c in default.cells if c.suite == s] for s in {c.suite for c in default.cells}}
+    assert len(by_suite.pop("sinusoid")) == 10  # 5 algorithms x K = 5, 10
+    glyphs = by_suite.pop("glyphs")  # the offline image suite: every native image algorithm
+    assert {c.algorithm for c in glyphs} == {"maml", "fomaml", "metasgd", "reptile", "pretrain", "anil",
+                                             "protonet", "matchingnet"}
+    assert not by_suite and {c.budget.iterations for c in glyphs} == {100}
     full = load_grid("full", registry)
     assert {c.algorithm for c in full.cells} == set(registry.algorithms)
     assert {c.seed for c in full.cells} == {0, 1, 2}
@@ -183,6 +188,5 @@ def test_suite_without_its_data_is_an_error_when_named_and_unavailable_under_a_w
     monkeypatch.delenv("HARNESS_DATA", raising=False)
     grid = load_grid(str(wildcard), registry)
     assert "omniglot" not in {c.suite for c in grid.cells} and "sinusoid" in {c.suite for c in grid.cells}
-    (skipped,) = grid.skipped
-    assert skipped.cell.suite == "omniglot"
+    (skipped,) = [s for s in grid.skipped if s.cell.suite == "omniglot"]
     assert skipped.status == "unavailable" and "HARNESS_DATA" in skipped.reason
