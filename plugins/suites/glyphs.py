@@ -12,6 +12,13 @@ a one-pixel linear ramp at the stroke's edge; see `render`). Measured on one CPU
 5-way 1-shot 15-query episodes per second, rendered afresh every time.
 
 Episodes have the Omniglot suite's layout (ink = 1 on a dark background) and the same conv4 model.
+
+With `drawings` = N > 0 each class instead has a fixed pool of N drawings, rendered once when the class
+is first sampled, as a pure function of (seed, class, N, image_size), and stored as uint8 as Omniglot's
+images are: episodes take distinct drawings of the pool, as Omniglot's episodes take 20 drawings per
+character. Only then can `sampler = "learn2learn"` draw the episodes through learn2learn's TaskDataset
+(see `l2l_sampler`): TaskDataset samples a finite labelled dataset, which unlimited fresh drawings are not.
+With the same pool both samplers draw from the same task distribution (not the same episodes).
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from harness import TaskBatch, TaskSuite, TaskSuiteSpec, hookimpl
+from metaharness_plugins.suites.l2l_sampler import TaskDatasetSampler, check_sampler, missing_learn2learn
 
 MODELS = ("conv4", "conv4-nopool")
 SPLITS = ("train", "val", "test")
@@ -50,9 +58,11 @@ WIDTH = (0.7, 1.2)  # stroke half-width in pixels at 28 px; the ink then fades o
 
 @dataclass(frozen=True)
 class GlyphsConfig:
-    """Episode sizes, the glyph universe and the model. `query` is query images per class; classes
-    0..num_classes-1 split 3/4 train, 1/8 val, the rest test (3000 / 500 / 500 by default); `seed`
-    picks the universe of glyphs, not the episodes."""
+    """Episode sizes, the glyph universe, the sampler and the model. `query` is query images per class;
+    classes 0..num_classes-1 split 3/4 train, 1/8 val, the rest test (3000 / 500 / 500 by default);
+    `seed` picks the universe of glyphs, not the episodes. `drawings` 0 renders every drawing afresh;
+    N > 0 gives each class a fixed pool of N drawings. `sampler` "native" samples episodes by vectorised
+    indexing, "learn2learn" through learn2learn's TaskDataset, which needs a pool (`drawings` > 0)."""
 
     ways: int = 5
     shots: int = 1
@@ -61,14 +71,27 @@ class GlyphsConfig:
     num_classes: int = 4000
     seed: int = 0
     model: str = "conv4"
+    drawings: int = 0
+    sampler: str = "native"
 
     def __post_init__(self) -> None:
         for name in ("ways", "shots", "query", "image_size", "num_classes"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
-            raise ValueError(f"seed must be a non-negative integer, got {self.seed!r}")
+        for name in ("seed", "drawings"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
+        check_sampler(self.sampler)
+        per_class = self.shots + self.query
+        if self.drawings and per_class > self.drawings:
+            raise ValueError(f"shots + query = {self.shots} + {self.query} = {per_class} images per class, but "
+                             f"drawings={self.drawings} gives each class only {self.drawings}")
+        if self.sampler == "learn2learn" and not self.drawings:
+            raise ValueError(f"sampler 'learn2learn' needs a fixed pool of drawings per class (TaskDataset "
+                             f"samples a finite labelled dataset; drawings=0 renders each drawing afresh): set "
+                             f"drawings to at least shots + query = {per_class}, e.g. {max(per_class, 20)}")
         if self.model not in MODELS:
             raise ValueError(f"model must be one of {', '.join(MODELS)}, got {self.model!r}")
         if self.image_size < 8:
@@ -90,9 +113,11 @@ def class_ranges(num_classes: int) -> dict[str, tuple[int, int]]:
     return {"train": (0, train), "val": (train, train + val), "test": (train + val, num_classes)}
 
 
-def _class_seed(seed: int, c: int) -> int:
-    """A 63-bit generator seed for class c of universe `seed` (splitmix64-style mixing)."""
-    z = (seed * 0x9E3779B97F4A7C15 + c * 0xBF58476D1CE4E5B9 + 0x94D049BB133111EB) % (1 << 64)
+def _class_seed(seed: int, c: int, stream: int = 0) -> int:
+    """A 63-bit generator seed for class c of universe `seed` (splitmix64-style mixing); stream 0 seeds
+    the class's stroke program, stream 1 its pool of drawings."""
+    z = (seed * 0x9E3779B97F4A7C15 + c * 0xBF58476D1CE4E5B9 + stream * 0xD1B54A32D192ED03
+         + 0x94D049BB133111EB) % (1 << 64)
     z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) % (1 << 64)
     z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) % (1 << 64)
     return (z ^ (z >> 31)) >> 1
@@ -181,6 +206,17 @@ class GlyphsSuite(TaskSuite):
         self._points = torch.zeros(n, STROKES[1], POINTS, 2)
         self._strokes = torch.zeros(n, dtype=torch.long)
         self._known = torch.zeros(n, dtype=torch.bool)
+        cfg, size = self.config, self.config.image_size
+        # Pools likewise; `empty` so only the pages of rendered classes are ever touched (4000 classes of
+        # 20 drawings at 28 px would be 63 MB), and `_pooled` says which rows hold drawings.
+        self._pool = torch.empty(n if cfg.drawings else 0, cfg.drawings, size, size, dtype=torch.uint8)
+        self._pooled = torch.zeros(n, dtype=torch.bool)
+        self._l2l: TaskDatasetSampler | None = None
+        if cfg.sampler == "learn2learn":
+            # Every class is its own "character", unrotated: glyphs have no rotated classes.
+            classes = {split: (torch.arange(lo, hi), torch.zeros(hi - lo, dtype=torch.long))
+                       for split, (lo, hi) in self.ranges.items()}
+            self._l2l = TaskDatasetSampler(self._pool, classes, cfg.ways, cfg.shots, cfg.query)
 
     def programs(self, classes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Control points [..., S, POINTS, 2] (unit square) and stroke counts [...] of class indices."""
@@ -188,6 +224,24 @@ class GlyphsSuite(TaskSuite):
             self._points[c], self._strokes[c] = stroke_program(self.config.seed, c)
             self._known[c] = True
         return self._points[classes], self._strokes[classes]
+
+    def pool(self, classes: torch.Tensor) -> torch.Tensor:
+        """The pools uint8 [..., drawings, H, W] (ink = 255) of class indices, rendering missing ones.
+
+        Class c's pool is rendered by `draw` from a generator seeded by (seed, c): it depends on the
+        universe, the class, `drawings` and `image_size` only, not on num_classes nor on which classes
+        were sampled before."""
+        if not self.config.drawings:
+            raise ValueError("this suite has no pools of drawings (drawings=0 renders each drawing afresh)")
+        self._render_pools(classes)
+        return self._pool[classes]
+
+    def _render_pools(self, classes: torch.Tensor) -> None:
+        for c in classes[~self._pooled[classes]].unique().tolist():
+            generator = torch.Generator().manual_seed(_class_seed(self.config.seed, c, stream=1))
+            images = self.draw(torch.full((self.config.drawings,), c), generator)
+            self._pool[c] = images.mul_(255.0).round_().to(torch.uint8)
+            self._pooled[c] = True
 
     def draw(self, classes: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """One jittered drawing of each class index in `classes` (any shape): float32 [..., H, W]."""
@@ -222,12 +276,25 @@ class GlyphsSuite(TaskSuite):
             raise ValueError(f"n_tasks must be a positive integer, got {n_tasks!r}")
         cfg = self.config
         lo, hi = self.ranges[split]
+        if self._l2l is not None:
+            # TaskDataset indexes a materialised dataset: the split's whole pool, rendered on first use
+            # (about 1.5 ms per class on one thread, so 4.5 s for the default 3000 training classes).
+            if not bool(self._pooled[lo:hi].all()):
+                self._render_pools(torch.arange(lo, hi))
+            return self._l2l.sample(n_tasks, generator, split)
         # The first `ways` entries of a uniform random permutation: distinct classes in random order,
         # so label = position is already a random relabelling (as the Omniglot suite does).
         keys = torch.rand(n_tasks, hi - lo, generator=generator, dtype=torch.float64)
         picked = keys.argsort(dim=1, stable=True)[:, : cfg.ways] + lo
         per_class, size = cfg.shots + cfg.query, cfg.image_size
-        x = self.draw(picked.unsqueeze(-1).expand(-1, -1, per_class), generator).unsqueeze(3)
+        if cfg.drawings:
+            self._render_pools(picked.unique())
+            # Distinct drawings of each class's pool, in random order (as the Omniglot suite picks them).
+            keys = torch.rand(n_tasks, cfg.ways, cfg.drawings, generator=generator, dtype=torch.float64)
+            chosen = keys.argsort(dim=2, stable=True)[..., :per_class]
+            x = self._pool[picked.unsqueeze(-1), chosen].to(torch.float32).div_(255.0).unsqueeze(3)
+        else:
+            x = self.draw(picked.unsqueeze(-1).expand(-1, -1, per_class), generator).unsqueeze(3)
         labels = torch.arange(cfg.ways)
         return TaskBatch(
             support_x=x[:, :, : cfg.shots].reshape(n_tasks, cfg.ways * cfg.shots, 1, size, size),
@@ -266,7 +333,13 @@ class GlyphsSuite(TaskSuite):
             "jitter": {"point_std": POINT_JITTER, "rotation_deg": ROTATION, "scale": list(SCALE),
                        "shear": SHEAR, "shift_px28": SHIFT, "half_width_px28": list(WIDTH)},
             "render": {"samples_per_stroke": SAMPLES, "sigma_px28": SIGMA},
+            "sampler": self._l2l.describe() if self._l2l is not None else {"name": "native"},
         }
+
+
+def check_config(cfg: GlyphsConfig) -> str:
+    """'' when `cfg` can run here, else why not: the learn2learn sampler needs learn2learn installed."""
+    return missing_learn2learn() if cfg.sampler == "learn2learn" else ""
 
 
 @hookimpl
@@ -280,5 +353,6 @@ def harness_register_task_suites() -> list[TaskSuiteSpec]:
             description="N-way K-shot classification of procedurally generated stroke glyphs (offline, no "
                         "data files); accuracy",
             paper="procedural stand-in for Omniglot (Lake et al. 2015)",
+            check=check_config,
         )
     ]

@@ -1,0 +1,178 @@
+"""learn2learn's TaskDataset (Arnold, Mahajan, Datta, Bunner & Zarkias 2020, "learn2learn: A Library for
+Meta-Learning Research", arXiv:2008.12284) as an alternative episode sampler for the image suites.
+
+A helper module the suites import, not a plugin. `TaskDatasetSampler` takes a suite's class list (uint8
+images [characters, drawings, H, W], and per split the character and quarter turns of every class) and
+draws episodes with `TaskDataset(MetaDataset(...), [NWays, KShots(shots + query), LoadData, RemapLabels,
+ConsecutiveLabels])`, returning the same `TaskBatch` layout as the suites' own vectorised samplers.
+learn2learn draws with Python's global `random` module; each `sample` call reseeds it from the harness's
+torch generator and restores it afterwards, so episodes are a pure function of that generator.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import random
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch.utils.data import Dataset
+
+from harness import HarnessError, TaskBatch, UsageError
+
+SAMPLERS = ("native", "learn2learn")
+INSTALL_HINT = "make learn2learn (or python scripts/install_learn2learn.py): learn2learn 0.2.0 from its sdist"
+
+
+def check_sampler(sampler: object) -> None:
+    """For a suite config's `__post_init__`: a ValueError unless `sampler` is one of SAMPLERS."""
+    if sampler not in SAMPLERS:
+        raise ValueError(f"sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
+
+
+def missing_learn2learn() -> str:
+    """'' when learn2learn can be imported here, else why not and how to install it (cheap: no import)."""
+    if importlib.util.find_spec("learn2learn") is None:
+        return f"sampler 'learn2learn' needs the learn2learn package, which is not installed; run {INSTALL_HINT}"
+    return ""
+
+
+def _positive(name: str, value: object) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+class ClassImages(Dataset):
+    """One split's classes as a flat labelled dataset, the form learn2learn's MetaDataset wraps.
+
+    Item `class * drawings + drawing` is (uint8 image [H, W], class) where class is the position in the
+    split's class list; a class with quarter turns k yields its character's drawings rotated by k * 90
+    degrees (counter-clockwise, as `torch.rot90` and the suites' native samplers turn them). Images are
+    read from `images` at access time, so a suite may fill a class's drawings lazily before sampling it.
+    """
+
+    def __init__(self, images: torch.Tensor, characters: torch.Tensor, turns: torch.Tensor) -> None:
+        self.images = images
+        self.drawings = int(images.shape[1])
+        # Python ints: items are read one at a time in learn2learn's loop, where tensor indexing costs more.
+        self.characters = [int(c) for c in characters]
+        self.turns = [int(k) for k in turns]
+
+    def __len__(self) -> int:
+        return len(self.characters) * self.drawings
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        label, drawing = divmod(int(index), self.drawings)
+        image = self.images[self.characters[label], drawing]
+        turns = self.turns[label]
+        return (torch.rot90(image, turns) if turns else image), label
+
+    def labels_to_indices(self) -> dict[int, list[int]]:
+        """Class -> its item indices, so MetaDataset need not load every item to find the labels."""
+        d = self.drawings
+        return {label: list(range(label * d, (label + 1) * d)) for label in range(len(self.characters))}
+
+
+class TaskDatasetSampler:
+    """N-way K-shot episodes of a suite's classes, drawn by learn2learn's TaskDataset.
+
+    `images`: uint8 [characters, drawings, H, W] (ink = 255); `classes[split]`: (character index of each
+    class, its quarter turns 0-3), as `OmniglotSuite.classes` holds them. `sample` returns what the suites'
+    native `sample` returns: support_x [n, ways*shots, 1, H, W] float32 in [0, 1], labels int64 0..ways-1
+    class-major (all shots of label 0 first), query_x likewise with `query` images per class.
+    """
+
+    def __init__(
+        self,
+        images: torch.Tensor,
+        classes: Mapping[str, tuple[torch.Tensor, torch.Tensor]],
+        ways: int,
+        shots: int,
+        query: int,
+    ) -> None:
+        for name, value in (("ways", ways), ("shots", shots), ("query", query)):
+            _positive(name, value)
+        if not isinstance(images, torch.Tensor) or images.dtype != torch.uint8 or images.dim() != 4:
+            got = f"{images.dtype} {tuple(images.shape)}" if isinstance(images, torch.Tensor) else type(images)
+            raise ValueError(f"images must be a uint8 tensor [characters, drawings, H, W], got {got}")
+        characters, drawings = int(images.shape[0]), int(images.shape[1])
+        if shots + query > drawings:
+            raise ValueError(f"shots + query = {shots} + {query} = {shots + query} images per class, but there "
+                             f"are {drawings} drawings per character")
+        if not classes:
+            raise ValueError("classes must map at least one split name to (characters, quarter turns)")
+        for split, (chars, turns) in classes.items():
+            if chars.dim() != 1 or chars.shape != turns.shape or chars.dtype.is_floating_point:
+                raise ValueError(f"split {split!r}: characters and turns must be integer tensors of one "
+                                 f"length, got {tuple(chars.shape)} and {tuple(turns.shape)}")
+            if len(chars) < ways:
+                raise ValueError(f"{ways}-way episodes need {ways} classes, but split {split!r} has {len(chars)}")
+            if len(chars) and (int(chars.min()) < 0 or int(chars.max()) >= characters):
+                raise ValueError(f"split {split!r}: character indices must lie in 0..{characters - 1}")
+            if len(turns) and (int(turns.min()) < 0 or int(turns.max()) > 3):
+                raise ValueError(f"split {split!r}: quarter turns must lie in 0..3")
+        try:
+            import learn2learn
+            from learn2learn.data.transforms import ConsecutiveLabels, KShots, LoadData, NWays, RemapLabels
+        except ImportError as exc:
+            raise UsageError(f"sampler 'learn2learn' cannot import learn2learn ({exc}); run {INSTALL_HINT}") from exc
+        self.ways, self.shots, self.query = ways, shots, query
+        self.version = str(learn2learn.__version__)
+        self.tasksets: dict[str, Any] = {}
+        for split, (chars, turns) in classes.items():
+            items = ClassImages(images, chars, turns)
+            meta = learn2learn.data.MetaDataset(items, labels_to_indices=items.labels_to_indices())
+            # KShots keeps shots + query drawings of each class in random order, so the first `shots` of a
+            # class are a uniformly random support set. RemapLabels gives the classes random labels
+            # 0..ways-1 and ConsecutiveLabels groups each class's images (learn2learn's Omniglot recipe).
+            transforms = [NWays(meta, ways), KShots(meta, shots + query), LoadData(meta), RemapLabels(meta),
+                          ConsecutiveLabels(meta)]
+            # num_tasks=-1: a fresh task at every draw rather than a fixed, cached set of task descriptions.
+            self.tasksets[split] = learn2learn.data.TaskDataset(meta, task_transforms=transforms, num_tasks=-1)
+
+    def sample(self, n_tasks: int, generator: torch.Generator, split: str) -> TaskBatch:
+        """`n_tasks` episodes of `split`; a pure function of the generator's state, which it advances."""
+        if split not in self.tasksets:
+            raise ValueError(f"unknown split {split!r}; valid splits: {', '.join(self.tasksets)}")
+        _positive("n_tasks", n_tasks)
+        seed = int(torch.randint(0, 2**62, (), generator=generator))
+        state = random.getstate()
+        try:
+            random.seed(seed)
+            episodes = [self.tasksets[split].sample() for _ in range(n_tasks)]
+        finally:
+            # The global `random` state is everyone's (the runner seeds it): leave it as it was. This also
+            # makes the sampler unsafe to call from several threads at once.
+            random.setstate(state)
+        per_class = self.shots + self.query
+        expected = torch.arange(self.ways).repeat_interleave(per_class)
+        x = []
+        for images, labels in episodes:
+            # ConsecutiveLabels groups classes by their original label, so the new labels come in random
+            # order; a stable sort by new label gives the class-major layout and keeps KShots' order inside.
+            order = torch.argsort(labels, stable=True)
+            if not torch.equal(labels[order], expected):
+                raise HarnessError(f"learn2learn {self.version} returned labels {labels.tolist()}; expected "
+                                   f"{per_class} images of each of {self.ways} labels 0..{self.ways - 1}")
+            x.append(images[order])
+        size = x[0].shape[-2:]
+        batch = torch.stack(x).view(n_tasks, self.ways, per_class, *size)
+        batch = batch.to(torch.float32).div_(255.0).unsqueeze(3)  # [n, ways, shots+query, 1, H, W]
+        labels = torch.arange(self.ways)
+        return TaskBatch(
+            support_x=batch[:, :, : self.shots].reshape(n_tasks, self.ways * self.shots, 1, *size),
+            support_y=labels.repeat_interleave(self.shots).expand(n_tasks, -1).clone(),
+            query_x=batch[:, :, self.shots :].reshape(n_tasks, self.ways * self.query, 1, *size),
+            query_y=labels.repeat_interleave(self.query).expand(n_tasks, -1).clone(),
+        )
+
+    def describe(self) -> dict[str, object]:
+        """What a record says about the sampler."""
+        return {
+            "name": "learn2learn",
+            "learn2learn": self.version,
+            "task_transforms": [f"NWays({self.ways})", f"KShots({self.shots + self.query})", "LoadData",
+                                "RemapLabels", "ConsecutiveLabels"],
+            "random": "Python's random, reseeded from the harness generator at every sample call",
+        }
