@@ -1,5 +1,6 @@
 """The Omniglot suite on the real small background sets: loading, the disk cache, alphabet splits,
-episodes traced back to their characters, errors, the conv4 model under vmap, and MAML learning."""
+episodes traced back to their characters, errors, the conv4 and fully connected models under vmap, and
+MAML learning; the "standard" protocol on full-layout archives made of real drawings; the paper grid."""
 
 from __future__ import annotations
 
@@ -18,19 +19,26 @@ from torch.func import functional_call, grad, vmap
 pytest.importorskip("PIL", reason="the Omniglot suite decodes PNG with Pillow (pip install pillow)")
 from metaharness_plugins.algorithms.maml import MAML, FOMAMLHparams  # noqa: E402
 from metaharness_plugins.backends.cpu import CPUBackend  # noqa: E402
-from metaharness_plugins.suites import omniglot  # noqa: E402
+from metaharness_plugins.suites import omniglot, omniglot_download  # noqa: E402
 from metaharness_plugins.suites.omniglot import (  # noqa: E402
+    SPLITS,
     OmniglotConfig,
     OmniglotSuite,
     alphabet_splits,
     cache_key,
+    check_data,
     file_sha256,
     load_characters,
+    split_characters,
+    standard_splits,
+    survey_archives,
 )
 from PIL import Image, ImageDraw  # noqa: E402
 
 import harness.hookspecs  # noqa: E402
-from harness import HarnessError, UsageError  # noqa: E402
+from harness import HarnessError, UsageError, cli  # noqa: E402
+from harness.grid import load_grid  # noqa: E402
+from harness.registry import build_plugin_manager  # noqa: E402
 from harness.specs import TaskSuiteSpec, resolve_params  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[3] / "shared" / "data" / "omniglot"
@@ -238,9 +246,16 @@ def test_rotations_are_new_classes_of_the_train_split_only(cache_dir: Path, look
         ({"shots": -1}, "shots must be a positive integer, got -1"),
         ({"query": 0}, "query must be a positive integer, got 0"),
         ({"image_size": 4}, "image_size must be at least 8 pixels, got 4"),
-        ({"protocol": "vinyals"}, "protocol must be one of alphabet, got 'vinyals'"),
-        ({"model": "resnet12"}, "model must be one of conv4, conv4-nopool, got 'resnet12'"),
+        ({"protocol": "vinyals"}, "protocol must be one of alphabet, standard, got 'vinyals'"),
+        ({"model": "resnet12"}, "model must be one of conv4, conv4-nopool, mlp, got 'resnet12'"),
         ({"image_size": 14}, "model 'conv4' needs image_size >= 16"),
+        ({"protocol": "standard", "train_characters": 0}, "train_characters must be a positive integer, got 0"),
+        ({"protocol": "standard", "val_characters": 1200}, r"val_characters \(1200\) must be fewer than "
+         r"train_characters \(1200\)"),
+        ({"train_characters": 1000}, "train_characters and val_characters size the 'standard' protocol's split"),
+        ({"download": "always"}, "download must be one of missing, replace, never, got 'always'"),
+        ({"base_url": "ftp://example.org/"}, "base_url must be an http/https/file URL"),
+        ({"archives": ["../images_background.zip"]}, "archives must be file names inside the data folder"),
     ],
 )
 def test_config_rejects_impossible_settings(options: dict, message: str) -> None:
@@ -373,3 +388,235 @@ def test_first_order_maml_learns_5_way_1_shot(cache_dir: Path) -> None:
     accuracy /= test.num_tasks
     assert float(accuracy[1]) > 0.3, f"accuracy after one step {float(accuracy[1]):.3f}, chance is 0.2"
     assert float(accuracy[1]) > float(accuracy[0]) + 0.1
+
+
+# --- the fully connected model -------------------------------------------------------------------------
+
+
+def test_mlp_is_maml_fully_connected_network_with_batch_statistics(cache_dir: Path) -> None:
+    suite = make_suite(cache_dir, model="mlp", ways=20)
+    torch.manual_seed(0)
+    model = suite.build_model()
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    norms = [m for m in model.modules() if isinstance(m, nn.BatchNorm1d)]
+    assert [(m.in_features, m.out_features) for m in linears] == [(784, 256), (256, 128), (128, 64), (64, 64),
+                                                                  (64, 20)]
+    assert [n.num_features for n in norms] == [256, 128, 64, 64]
+    assert not any(n.track_running_stats for n in norms) and list(model.buffers()) == []
+    assert sum(isinstance(m, nn.ReLU) for m in model.modules()) == 4 and isinstance(model[-1], nn.Linear)
+    batch = suite.sample(3, torch.Generator().manual_seed(0), "train")
+    params = dict(model.named_parameters())
+    batched = vmap(lambda x: functional_call(model, params, (x,)))(batch.query_x)
+    looped = torch.stack([model(batch.query_x[i]) for i in range(3)])
+    assert batched.shape == (3, 300, 20) and torch.allclose(batched, looped, atol=1e-5)
+    # Batch statistics: the same image gets other logits beside other images (transductive), in eval mode too.
+    model.eval()
+    alone, among = model(batch.query_x[0][:2]), model(batch.query_x[0][:20])
+    assert not torch.allclose(alone[0], among[0])
+    described = suite.describe()["model"]
+    assert described["name"] == "mlp" and "784-256-128-64-64-20" in described["architecture"]
+    assert "batch statistics only" in described["batch_norm"]
+    assert "max-pool" in make_suite(cache_dir).describe()["model"]["architecture"]
+
+
+def test_first_order_maml_learns_with_the_mlp(cache_dir: Path) -> None:
+    """The fully connected network learns too: 150 meta-iterations of first-order MAML (inner_lr 0.4,
+    meta_lr 0.003, meta-batch 8) lift 5-way 1-shot accuracy after one step from chance (0.2) to 0.38
+    (0.36-0.41 over three seeds), in about 3 s on one thread."""
+    suite = make_suite(cache_dir, model="mlp", query=5)
+    torch.manual_seed(0)
+    hparams = FOMAMLHparams(inner_lr=0.4, meta_lr=0.003, meta_batch_size=8, test_steps=1)
+    algo = MAML(hparams, suite.build_model(), suite, CPUBackend())
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(150):
+        algo.meta_train_step(suite.sample(8, generator, "train"))
+    test = suite.sample(100, torch.Generator().manual_seed(99), "test")
+    accuracy = torch.zeros(2)
+    with torch.no_grad():
+        for i in range(test.num_tasks):
+            states = algo.adapt(test.support_x[i], test.support_y[i], 1)
+            accuracy += torch.stack([suite.metric(algo.predict(s, test.query_x[i]), test.query_y[i]) for s in states])
+    accuracy /= test.num_tasks
+    assert float(accuracy[1]) > 0.3, f"accuracy after one step {float(accuracy[1]):.3f}, chance is 0.2"
+
+
+# --- the "standard" protocol on full-layout archives -----------------------------------------------------
+
+#: Alphabets copied from the small sets into archives with the official names: 90 background characters
+#: (24 + 40 + 26) and 59 evaluation ones (42 + 17).
+FAKE_BACKGROUND = ("images_background_small1.zip", ("Greek", "Korean", "Latin"))
+FAKE_EVALUATION = ("images_background_small2.zip", ("Sanskrit", "Tagalog"))
+
+
+def fabricate_full_archives(folder: Path, reverse: bool = False) -> tuple[Path, Path]:
+    """images_background.zip and images_evaluation.zip with the official layout
+    `<name>/<Alphabet>/characterNN/<id>_<drawer>.png`, made of the small sets' real PNG bytes;
+    `reverse` writes the members in reverse order (the suite must not depend on it)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    made = []
+    for name, (source, alphabets) in zip(("images_background", "images_evaluation"),
+                                         (FAKE_BACKGROUND, FAKE_EVALUATION)):
+        with zipfile.ZipFile(DATA / source) as small, zipfile.ZipFile(folder / f"{name}.zip", "w") as full:
+            members = [i for i in small.infolist() if i.filename.endswith(".png")
+                       and i.filename.split("/")[1] in alphabets]
+            for info in reversed(members) if reverse else members:
+                full.writestr(name + "/" + info.filename.split("/", 1)[1], small.read(info))
+        made.append(folder / f"{name}.zip")
+    return made[0], made[1]
+
+
+@pytest.fixture(scope="module")
+def full_layout(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    if not all((DATA / name).is_file() for name in ARCHIVES):
+        pytest.skip(f"the Omniglot small background sets are not in {DATA}")
+    folder = tmp_path_factory.mktemp("full-layout")
+    fabricate_full_archives(folder)
+    return folder
+
+
+def standard_suite(folder: Path, cache_dir: Path, **options: object) -> OmniglotSuite:
+    """The standard protocol on fabricated archives (their md5 is not the published one: not verified)."""
+    options = {"train_characters": 100, "val_characters": 20, **options}
+    return OmniglotSuite(OmniglotConfig(protocol="standard", data_root=str(folder), cache_dir=str(cache_dir),
+                                        verify_md5=False, download="never", **options))
+
+
+@pytest.fixture(scope="module")
+def standard(full_layout: Path, tmp_path_factory: pytest.TempPathFactory) -> OmniglotSuite:
+    return standard_suite(full_layout, tmp_path_factory.mktemp("standard-cache"))
+
+
+def letters(alphabet: str, first: int, last: int) -> list[tuple[str, str]]:
+    return [(alphabet, f"character{i:02d}") for i in range(first, last + 1)]
+
+
+def test_standard_split_takes_background_then_evaluation_in_sorted_order(standard: OmniglotSuite) -> None:
+    assert standard.config.archives == ("images_background.zip", "images_evaluation.zip")
+    assert standard.config.rotations is True  # on by default in this protocol
+    assert len(standard.data.characters) == 149
+    # 100 training characters, the last 20 of them validating: Greek (24), Korean (40), Latin 1-16 train,
+    # Latin 17-26 and Sanskrit 1-10 validate, the rest of Sanskrit and all of Tagalog test.
+    train = letters("Greek", 1, 24) + letters("Korean", 1, 40) + letters("Latin", 1, 16)
+    val = letters("Latin", 17, 26) + letters("Sanskrit", 1, 10)
+    test = letters("Sanskrit", 11, 42) + letters("Tagalog", 1, 17)
+    assert standard.characters == {"train": tuple(train), "val": tuple(val), "test": tuple(test)}
+    described = standard.describe()
+    assert {s: (d["characters"], d["classes"], d["images"]) for s, d in described["splits"].items()} == {
+        "train": (80, 320, 1600), "val": (20, 20, 400), "test": (49, 49, 980)}
+    assert described["protocol"] == "standard" and described["rotations"] is True
+    indices = {s: set(standard.classes[s][0].tolist()) for s in SPLITS}
+    assert len(indices["train"]) == 80 and not indices["train"] & indices["val"]
+    assert not indices["train"] & indices["test"] and not indices["val"] & indices["test"]
+    assert [standard.data.characters[i] for i in sorted(indices["val"])] == val
+
+
+def test_standard_split_is_a_pure_function_of_the_characters(standard: OmniglotSuite, tmp_path: Path) -> None:
+    fabricate_full_archives(tmp_path, reverse=True)  # the same characters, members in the other order
+    survey = survey_archives([tmp_path / name for name in standard.config.archives])
+    assert split_characters(standard.config, survey) == standard.characters
+    # The papers' sizes on the full archives' shape: 964 background and 659 evaluation characters.
+    ranks = {(f"B{i // 40:02d}", f"character{i % 40 + 1:02d}"): 0 for i in range(964)}
+    ranks |= {(f"A{i // 40:02d}", f"character{i % 40 + 1:02d}"): 1 for i in range(659)}  # sort before B
+    splits = standard_splits(dict(reversed(list(ranks.items()))))
+    assert [len(splits[s]) for s in SPLITS] == [1100, 100, 423]
+    assert all(ranks[c] == 0 for c in splits["train"][:964]) and all(ranks[c] == 1 for c in splits["test"])
+
+
+def test_standard_rotations_are_classes_of_the_train_split_only(standard: OmniglotSuite, full_layout: Path,
+                                                                tmp_path: Path) -> None:
+    images = standard.data.images
+    table = {images[c, d].numpy().tobytes(): c for c in range(images.shape[0]) for d in range(images.shape[1])}
+    chars, turns = standard.classes["train"]
+    assert sorted(torch.bincount(turns).tolist()) == [80, 80, 80, 80]
+    assert all(torch.equal(chars[turns == k], chars[turns == 0]) for k in range(4))
+    seen_turns = set()
+    batch = standard.sample(8, torch.Generator().manual_seed(1), "train")
+    for x in batch.support_x.flatten(0, 1):
+        pixels = (x[0] * 255).round().to(torch.uint8)
+        found = [(k, table[key]) for k in range(4) if (key := torch.rot90(pixels, -k).numpy().tobytes()) in table]
+        assert len(found) == 1 and found[0][1] in set(chars.tolist())
+        seen_turns.add(found[0][0])
+    assert seen_turns == {0, 1, 2, 3}
+    for split in ("val", "test"):
+        allowed = set(standard.classes[split][0].tolist())
+        episode = standard.sample(3, torch.Generator().manual_seed(2), split)
+        pixels = (episode.query_x.flatten(0, 1)[:, 0] * 255).round().to(torch.uint8)
+        assert {table[p.numpy().tobytes()] for p in pixels} <= allowed  # unrotated, from the split itself
+    plain = standard_suite(full_layout, tmp_path, rotations=False)
+    assert len(plain.classes["train"][0]) == 80
+
+
+def test_standard_sizes_are_checked_against_the_data(full_layout: Path, tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match=r"train_characters = 149 leaves no test characters: the archives hold "
+                       r"149 characters"):
+        standard_suite(full_layout, tmp_path, train_characters=149)
+    message = r"25-way episodes need 25 classes, but the val split \(20 characters\) has 20"
+    with pytest.raises(UsageError, match=message):
+        standard_suite(full_layout, tmp_path, ways=25)
+    # The grid's check says the same before anything runs, from the archives' listings alone.
+    config = OmniglotConfig(protocol="standard", data_root=str(full_layout), verify_md5=False, ways=25,
+                            train_characters=100, val_characters=20)
+    assert "25-way episodes need 25 classes, but the val split (20 characters) has 20" in check_data(config)
+    config = OmniglotConfig(protocol="standard", data_root=str(full_layout), verify_md5=False,
+                            train_characters=100, val_characters=20, shots=10, query=11)
+    assert "shots + query = 10 + 11 = 21 images per class" in check_data(config)
+    assert check_data(OmniglotConfig(protocol="standard", data_root=str(full_layout), verify_md5=False,
+                                     train_characters=100, val_characters=20, ways=20)) == ""
+    assert not list(tmp_path.glob("*.pt"))  # refused before any decoding
+
+
+def test_archive_that_is_not_a_zip_is_a_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "images_background_small1.zip").write_bytes(b"not a zip")
+    shutil.copy(DATA / "images_background_small2.zip", tmp_path)
+    config = OmniglotConfig(data_root=str(tmp_path), cache_dir=str(tmp_path / "cache"))
+    assert "images_background_small1.zip is not a readable zip file" in check_data(config)
+    with pytest.raises(HarnessError, match="images_background_small1.zip is not a readable zip file"):
+        OmniglotSuite(config)
+
+
+# --- the reproduction grid -------------------------------------------------------------------------------
+
+
+def fabricate_listing(folder: Path) -> None:
+    """Archives with the full sets' shape (964 background characters in 30 alphabets, 659 evaluation ones
+    in 20, 20 drawings each) holding one real PNG everywhere: enough for the grid's check, which reads
+    listings only."""
+    with zipfile.ZipFile(DATA / ARCHIVES[0]) as small:
+        png = small.read(next(n for n in small.namelist() if n.endswith(".png")))
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, characters, alphabets in (("images_background", 964, 30), ("images_evaluation", 659, 20)):
+        with zipfile.ZipFile(folder / f"{name}.zip", "w") as archive:
+            for c in range(characters):
+                for d in range(20):
+                    archive.writestr(f"{name}/{name[7]}{c % alphabets:02d}/character{c:04d}/{c:04d}_{d:02d}.png", png)
+
+
+def test_paper_grid_lists_its_cells_with_the_papers_settings(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    fabricate_listing(tmp_path / "omniglot")
+    # These archives stand in for the official ones: their md5 replaces the published one for this test.
+    for name in omniglot_download.PUBLISHED_MD5:
+        monkeypatch.setitem(omniglot_download.PUBLISHED_MD5, name, omniglot_download.file_md5(tmp_path / "omniglot" / name))
+    monkeypatch.setenv("HARNESS_DATA", str(tmp_path))
+    monkeypatch.setenv("HARNESS_DISABLE_PLUGIN_AUTOLOAD", "1")
+    assert cli.main(["run", "--grid", "omniglot-paper", "--dry-run", "--results", str(tmp_path / "results")]) == 0
+    out = capsys.readouterr().out
+    assert "grid 'omniglot-paper'" in out and "20 cells to consider, 0 skipped" in out
+    assert not (tmp_path / "results").exists()
+    grid = load_grid("omniglot-paper", build_plugin_manager(entry_points=False))
+    cells = {(c.algorithm, dict(c.suite_config)["ways"], dict(c.suite_config)["shots"]): c for c in grid.cells}
+    assert sorted({a for a, _, _ in cells}) == ["anil", "fomaml", "maml", "matchingnet", "protonet"]
+    assert all((a, w, s) in cells for a in ("maml", "protonet") for w in (5, 20) for s in (1, 5))
+    for (algorithm, ways, shots), cell in cells.items():
+        config, hparams = dict(cell.suite_config), dict(cell.hparams)
+        assert config["protocol"] == "standard" and cell.budget.iterations == 60000
+        assert cell.backend != "" and cell.budget.test_episodes == 600
+        if algorithm in ("maml", "fomaml", "anil"):
+            paper = {5: (0.4, 1, 3, 32), 20: (0.1, 5, 5, 16)}[ways]
+            assert tuple(hparams[k] for k in ("inner_lr", "inner_steps", "test_steps", "meta_batch_size")) == paper
+            assert config["model"] == "conv4-nopool"  # MAML's Omniglot network: strided convolutions
+        else:
+            assert hparams == {} and "model" not in config
+        # Each cell carries its algorithm's published numbers, which name every configuration reported.
+        assert f"{ways}w{shots}s " in cell.reported or (algorithm, ways) == ("anil", 5)
