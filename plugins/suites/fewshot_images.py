@@ -375,7 +375,8 @@ def _process_cifarfs(root: Path) -> None:
             source = raw / "data" / name
             if not copied.is_dir() or len(os.listdir(copied)) != len(os.listdir(source)):
                 raise HarnessError(f"{copied} is missing or does not hold the images of {source}: an "
-                                   f"interrupted learn2learn processing? Delete {processed} so it is made again")
+                                   f"interrupted learn2learn processing? Delete {processed} so it is made "
+                                   "again")
 
 
 # --- the suite --------------------------------------------------------------------------------------------
