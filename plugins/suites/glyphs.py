@@ -86,12 +86,13 @@ class GlyphsConfig:
         check_sampler(self.sampler)
         per_class = self.shots + self.query
         if self.drawings and per_class > self.drawings:
-            raise ValueError(f"shots + query = {self.shots} + {self.query} = {per_class} images per class, but "
-                             f"drawings={self.drawings} gives each class only {self.drawings}")
+            raise ValueError(f"shots + query = {self.shots} + {self.query} = {per_class} images per class, "
+                             f"but drawings={self.drawings} gives each class only {self.drawings}")
         if self.sampler == "learn2learn" and not self.drawings:
             raise ValueError(f"sampler 'learn2learn' needs a fixed pool of drawings per class (TaskDataset "
-                             f"samples a finite labelled dataset; drawings=0 renders each drawing afresh): set "
-                             f"drawings to at least shots + query = {per_class}, e.g. {max(per_class, 20)}")
+                             f"samples a finite labelled dataset; drawings=0 renders every drawing afresh): "
+                             f"set drawings to at least shots + query = {per_class}, e.g. "
+                             f"{max(per_class, 20)}")
         if self.model not in MODELS:
             raise ValueError(f"model must be one of {', '.join(MODELS)}, got {self.model!r}")
         if self.image_size < 8:

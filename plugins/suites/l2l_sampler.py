@@ -34,7 +34,7 @@ def check_sampler(sampler: object) -> None:
 def missing_learn2learn() -> str:
     """'' when learn2learn can be imported here, else why not and how to install it (cheap: no import)."""
     if importlib.util.find_spec("learn2learn") is None:
-        return f"sampler 'learn2learn' needs the learn2learn package, which is not installed; run {INSTALL_HINT}"
+        return f"sampler 'learn2learn' needs the learn2learn package, not installed here; run {INSTALL_HINT}"
     return ""
 
 
@@ -94,12 +94,12 @@ class TaskDatasetSampler:
         for name, value in (("ways", ways), ("shots", shots), ("query", query)):
             _positive(name, value)
         if not isinstance(images, torch.Tensor) or images.dtype != torch.uint8 or images.dim() != 4:
-            got = f"{images.dtype} {tuple(images.shape)}" if isinstance(images, torch.Tensor) else type(images)
+            got = f"{images.dtype} {tuple(images.shape)}" if isinstance(images, torch.Tensor) else images
             raise ValueError(f"images must be a uint8 tensor [characters, drawings, H, W], got {got}")
         characters, drawings = int(images.shape[0]), int(images.shape[1])
         if shots + query > drawings:
-            raise ValueError(f"shots + query = {shots} + {query} = {shots + query} images per class, but there "
-                             f"are {drawings} drawings per character")
+            raise ValueError(f"shots + query = {shots} + {query} = {shots + query} images per class, but "
+                             f"there are {drawings} drawings per character")
         if not classes:
             raise ValueError("classes must map at least one split name to (characters, quarter turns)")
         for split, (chars, turns) in classes.items():
@@ -107,7 +107,8 @@ class TaskDatasetSampler:
                 raise ValueError(f"split {split!r}: characters and turns must be integer tensors of one "
                                  f"length, got {tuple(chars.shape)} and {tuple(turns.shape)}")
             if len(chars) < ways:
-                raise ValueError(f"{ways}-way episodes need {ways} classes, but split {split!r} has {len(chars)}")
+                raise ValueError(f"{ways}-way episodes need {ways} classes, but split {split!r} has "
+                                 f"{len(chars)}")
             if len(chars) and (int(chars.min()) < 0 or int(chars.max()) >= characters):
                 raise ValueError(f"split {split!r}: character indices must lie in 0..{characters - 1}")
             if len(turns) and (int(turns.min()) < 0 or int(turns.max()) > 3):
@@ -116,7 +117,8 @@ class TaskDatasetSampler:
             import learn2learn
             from learn2learn.data.transforms import ConsecutiveLabels, KShots, LoadData, NWays, RemapLabels
         except ImportError as exc:
-            raise UsageError(f"sampler 'learn2learn' cannot import learn2learn ({exc}); run {INSTALL_HINT}") from exc
+            raise UsageError(f"sampler 'learn2learn' cannot import learn2learn ({exc}); "
+                             f"run {INSTALL_HINT}") from exc
         self.ways, self.shots, self.query = ways, shots, query
         self.version = str(learn2learn.__version__)
         self.tasksets: dict[str, Any] = {}
@@ -128,8 +130,9 @@ class TaskDatasetSampler:
             # 0..ways-1 and ConsecutiveLabels groups each class's images (learn2learn's Omniglot recipe).
             transforms = [NWays(meta, ways), KShots(meta, shots + query), LoadData(meta), RemapLabels(meta),
                           ConsecutiveLabels(meta)]
+            # Taskset is TaskDataset's current name (learn2learn 0.2.0 warns that TaskDataset is deprecated).
             # num_tasks=-1: a fresh task at every draw rather than a fixed, cached set of task descriptions.
-            self.tasksets[split] = learn2learn.data.TaskDataset(meta, task_transforms=transforms, num_tasks=-1)
+            self.tasksets[split] = learn2learn.data.Taskset(meta, transforms, num_tasks=-1)
 
     def sample(self, n_tasks: int, generator: torch.Generator, split: str) -> TaskBatch:
         """`n_tasks` episodes of `split`; a pure function of the generator's state, which it advances."""

@@ -1,0 +1,64 @@
+"""Episode sampling speed on real Omniglot: the suite's vectorised native sampler against learn2learn's
+TaskDataset (plugins/suites/l2l_sampler.py) drawing from the same classes, 5-way 1-shot and 20-way 5-shot.
+
+Run with `make bench`; the results file is committed as benchmarks/results/sampling-cpu.json. These are
+measurements, not tests: nothing here asserts a time. Each call draws a meta-batch of EPISODES training
+episodes (the small background sets' 150 training characters in four rotations: 600 classes, as the
+papers augment them); episodes per second is EPISODES / the median time of a call, which pytest-benchmark
+reports and each entry's extra_info repeats. Skipped when the Omniglot small sets are not found
+($HARNESS_DATA, else the shared data folder beside the repository).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("PIL", reason="the Omniglot suite decodes PNG with Pillow (pip install pillow)")
+from metaharness_plugins.suites.omniglot import OmniglotConfig, OmniglotSuite, check_data  # noqa: E402
+
+EPISODES = 32  # one meta-batch
+SETTINGS = {"5w1s": (5, 1, 15), "20w5s": (20, 5, 15)}  # ways, shots, query (queries per class)
+SAMPLERS = ("native", "learn2learn")
+#: Where the test suite finds the data too (tests/conftest.py): the shared folder beside the repository.
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.fixture(scope="module")
+def suites(tmp_path_factory: pytest.TempPathFactory) -> dict[str, OmniglotSuite]:
+    """One suite per setting, decoded once into a cache of this session (no downloads)."""
+    data = os.environ.get("HARNESS_DATA") or str(SHARED_DATA)
+    cache = tmp_path_factory.mktemp("omniglot-cache")
+    configs = {name: OmniglotConfig(ways=ways, shots=shots, query=query, rotations=True, download="never",
+                                     data_root=str(Path(data) / "omniglot"), cache_dir=str(cache))
+               for name, (ways, shots, query) in SETTINGS.items()}
+    reason = check_data(configs["5w1s"])
+    if reason:
+        pytest.skip(f"no Omniglot small background sets: {reason}")
+    return {name: OmniglotSuite(config) for name, config in configs.items()}
+
+
+@pytest.mark.parametrize("sampler", SAMPLERS)
+@pytest.mark.parametrize("setting", list(SETTINGS))
+def test_episodes_per_second(benchmark, suites: dict[str, OmniglotSuite], setting: str, sampler: str) -> None:
+    torch.set_num_threads(1)
+    suite = suites[setting]
+    ways, shots, query = SETTINGS[setting]
+    if sampler == "native":
+        sample = suite.sample
+    else:
+        pytest.importorskip("learn2learn", reason="learn2learn is not installed (make learn2learn)")
+        from metaharness_plugins.suites.l2l_sampler import TaskDatasetSampler
+
+        sample = TaskDatasetSampler(suite.data.images, suite.classes, ways, shots, query).sample
+    generator = torch.Generator().manual_seed(0)
+    benchmark.group = f"{EPISODES} episodes, {ways}-way {shots}-shot {query}-query Omniglot, 1 thread"
+    benchmark.extra_info.update({"sampler": sampler, "episodes_per_call": EPISODES, "ways": ways,
+                                 "shots": shots, "query": query, "classes": len(suite.classes["train"][0])})
+    batch = benchmark(sample, EPISODES, generator, "train")
+    assert batch.query_x.shape == (EPISODES, ways * query, 1, 28, 28)  # the call did the work measured
+    if benchmark.stats is not None:  # None under --benchmark-disable: the function then ran once, untimed
+        benchmark.extra_info["episodes_per_second_median"] = EPISODES / benchmark.stats.stats.median
