@@ -1,1 +1,420 @@
-"""Placeholder: being written."""
+"""Omniglot one-shot classification runs: the evaluation of Lake, Salakhutdinov & Tenenbaum (2015), "Human-level
+concept learning through probabilistic program induction", Science, applied to meta-learners trained on the
+Omniglot background set.
+
+The authors' test (folder `all_runs` of brendenlake/omniglot, python/one-shot-classification/) is twenty
+runs, each a 20-way 1-shot problem within one alphabet: `runNN/training/class01.png ... class20.png` hold one
+drawing of each of 20 characters, `runNN/test/item01.png ... item20.png` another person's drawing of each in
+shuffled order, and `runNN/class_labels.txt` pairs them, one line per test image:
+`runNN/test/itemJJ.png runNN/training/classKK.png` (paths relative to the folder holding the runs). The
+score is the error rate averaged over the runs (the paper: people 4.5%, Bayesian program learning 3.3%; the
+authors' modified-Hausdorff-distance demo 38.8%).
+
+Here the test split is exactly those runs, declared as fixed episodes (`TaskSuite.fixed_episodes`): one
+episode per run, the training images as the support set (classKK.png has label KK - 1) and the 20 test
+images as the query set (item01.png first). Meta-training ("train") and validation ("val") draw 20-way
+1-shot episodes from disjoint alphabets of the background archives, decoded and cached by the omniglot
+suite's loader; run images are decoded the same way. The model is the omniglot suite's conv4.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from harness import TaskBatch, TaskSuite, TaskSuiteSpec, UsageError, hookimpl
+from metaharness_plugins.suites.omniglot import (
+    CACHE_ENV,
+    DATA_ENV,
+    OmniglotConfig,
+    _decode,
+    _resolve_dir,
+    find_data_root,
+    load_characters,
+)
+
+WAYS = 20  # every run is a 20-way 1-shot problem (Lake et al. 2015, one-shot classification)
+SPLITS = ("train", "val", "test")
+MODELS = ("conv4", "conv4-nopool")
+FILTERS = 64  # conv4: 64 filters in every layer, as the omniglot suite's
+RUNS_FOLDER = "all_runs"  # the authors' name for the folder of runs, the default under the data root
+LABELS_FILE = "class_labels.txt"
+LAYOUT = ("run01 ... run20 (or however many runs), each runNN/ holding training/class01.png ... class20.png, "
+          f"test/item01.png ... item20.png and {LABELS_FILE}")
+RUN_NAME = re.compile(r"run\d+")
+ITEM_FIELD = re.compile(r"(run\d+)/test/item(\d{2})\.png")
+CLASS_FIELD = re.compile(r"(run\d+)/training/class(\d{2})\.png")
+
+
+@dataclass(frozen=True)
+class OmniglotRunsConfig:
+    """`runs_dir` is the folder holding run01 ... (None: `all_runs` beside the archives, that is
+    `<data_root>/all_runs`, `$HARNESS_DATA/omniglot/all_runs` or `$HARNESS_DATA/all_runs`). Meta-training
+    and validation use `archives` under `data_root` (as the omniglot suite: None means `$HARNESS_DATA`):
+    `val_alphabets` are held out for validation (empty: every fifth alphabet in sorted order, see
+    `background_splits`); `query` is query images per class in those episodes (a run's query set is its 20
+    test images); `rotations` adds the 90/180/270-degree turns of training characters as new classes."""
+
+    runs_dir: str | None = None
+    query: int = 15
+    image_size: int = 28
+    archives: tuple[str, ...] = ("images_background_small1.zip", "images_background_small2.zip")
+    val_alphabets: tuple[str, ...] = ()
+    data_root: str | None = None
+    cache_dir: str | None = None
+    rotations: bool = False
+    model: str = "conv4"
+
+    def __post_init__(self) -> None:
+        for name in ("query", "image_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if self.image_size < 8:
+            raise ValueError(f"image_size must be at least 8 pixels, got {self.image_size}")
+        if self.model not in MODELS:
+            raise ValueError(f"model must be one of {', '.join(MODELS)}, got {self.model!r}")
+        if self.model == "conv4" and self.image_size < 16:  # four 2x2 max-pools leave nothing below 16
+            raise ValueError(f"model 'conv4' needs image_size >= 16 (four 2x2 max-pools), got "
+                             f"{self.image_size}; use model 'conv4-nopool' for smaller images")
+        if not self.archives or not all(isinstance(a, str) and a for a in self.archives):
+            raise ValueError(f"archives must be a non-empty list of zip file names, got {self.archives!r}")
+        if self.runs_dir is not None and (not isinstance(self.runs_dir, str) or not self.runs_dir):
+            raise ValueError(f"runs_dir must be a folder path, got {self.runs_dir!r}")
+        if not all(isinstance(a, str) and a for a in self.val_alphabets):
+            raise ValueError(f"val_alphabets must be alphabet names, got {self.val_alphabets!r}")
+
+
+@dataclass(frozen=True)
+class Run:
+    """One run: its training images (class01.png first), its test images (item01.png first) and, for
+    each test image, the 0-based index of its training image as class_labels.txt pairs them."""
+
+    folder: Path
+    classes: tuple[Path, ...]
+    items: tuple[Path, ...]
+    labels: tuple[int, ...]
+
+
+def parse_class_labels(path: Path, run: str) -> tuple[int, ...]:
+    """labels[j] = k - 1 where the line of test image item{j+1}.png names class{k}.png, from the
+    class_labels.txt of run `run`; a UsageError naming path:line for anything else than 20 lines that
+    pair every test image of the run with a different training image of the same run."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        raise UsageError(f"{path} is missing; every run folder needs its {LABELS_FILE}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"cannot read {path}: {exc}") from None
+    form = f"'{run}/test/itemNN.png {run}/training/classNN.png' with NN in 01 ... {WAYS}"
+    item_line: dict[int, int] = {}  # test image number -> line that pairs it
+    class_line: dict[int, int] = {}  # training image number -> line that pairs it
+    labels: dict[int, int] = {}
+    for number, line in enumerate(lines, start=1):
+        where = f"{path}:{number}"
+        fields = line.split()
+        item = ITEM_FIELD.fullmatch(fields[0]) if len(fields) == 2 else None
+        cls = CLASS_FIELD.fullmatch(fields[1]) if len(fields) == 2 else None
+        if item is None or cls is None:
+            raise UsageError(f"{where}: expected {form}, got {line!r}")
+        if item[1] != run or cls[1] != run:
+            raise UsageError(f"{where}: pairs {fields[0]} with {fields[1]}; both must be in {run}, the run "
+                             "this file belongs to")
+        j, k = int(item[2]), int(cls[2])
+        if not (1 <= j <= WAYS and 1 <= k <= WAYS):
+            raise UsageError(f"{where}: expected {form}, got {line!r}")
+        if j in item_line:
+            raise UsageError(f"{where}: test image item{j:02d}.png is paired again (first on line "
+                             f"{item_line[j]}); each test image has exactly one line")
+        if k in class_line:
+            raise UsageError(f"{where}: class{k:02d}.png is paired again (first on line {class_line[k]}); "
+                             "every class is used exactly once")
+        item_line[j], class_line[k], labels[j] = number, number, k - 1
+    if len(labels) != WAYS:
+        missing = [f"item{j:02d}.png" for j in range(1, WAYS + 1) if j not in labels]
+        raise UsageError(f"{path}: {len(lines)} lines; a {WAYS}-way run needs {WAYS}, one per test image "
+                         f"(no line for {', '.join(missing)})")
+    return tuple(labels[j] for j in range(1, WAYS + 1))
+
+
+def _read_run(folder: Path) -> Run:
+    images = {}
+    for sub, stem in (("training", "class"), ("test", "item")):
+        where = folder / sub
+        expected = [f"{stem}{i:02d}.png" for i in range(1, WAYS + 1)]
+        missing = [name for name in expected if not (where / name).is_file()]
+        if missing:
+            raise UsageError(f"{where / missing[0]} is missing ({len(missing)} of {sub}/{stem}01.png ... "
+                             f"{stem}{WAYS}.png missing); a run holds {WAYS} training and {WAYS} test images")
+        extra = sorted(p.name for p in where.iterdir() if re.fullmatch(rf"{stem}\d+\.png", p.name))
+        extra = [name for name in extra if name not in expected]
+        if extra:
+            raise UsageError(f"{where} holds {', '.join(extra)}; a run is {WAYS}-way: {stem}01.png ... "
+                             f"{stem}{WAYS}.png")
+        images[sub] = tuple(where / name for name in expected)
+    labels = parse_class_labels(folder / LABELS_FILE, folder.name)
+    return Run(folder, images["training"], images["test"], labels)
+
+
+def read_runs(runs_dir: Path) -> tuple[Run, ...]:
+    """Every run in `runs_dir`, in order, with its files and labels checked (nothing is decoded); a
+    UsageError naming the folder, file or line at the first departure from the authors' layout."""
+    if not runs_dir.is_dir():
+        raise UsageError(f"runs_dir {runs_dir} is not a folder; expected the folder holding {LAYOUT}")
+    names = sorted((p.name for p in runs_dir.iterdir() if p.is_dir() and RUN_NAME.fullmatch(p.name)),
+                   key=lambda name: (int(name[3:]), name))
+    if not names:
+        raise UsageError(f"{runs_dir} holds no run folders; expected {LAYOUT}")
+    if names != [f"run{i:02d}" for i in range(1, len(names) + 1)]:
+        raise UsageError(f"the run folders in {runs_dir} must be numbered run01, run02, ... without gaps; "
+                         f"found {', '.join(names)}")
+    return tuple(_read_run(runs_dir / name) for name in names)
+
+
+def find_runs_dir(cfg: OmniglotRunsConfig) -> Path:
+    """The folder of runs `cfg` names, or the default beside the archives; a UsageError naming the option
+    runs_dir and the expected layout when there is none."""
+    if cfg.runs_dir is not None:
+        return Path(cfg.runs_dir).expanduser()
+    root = _resolve_dir(cfg.data_root, DATA_ENV)
+    candidates = [] if root is None else [root / RUNS_FOLDER]
+    if root is not None and cfg.data_root is None:  # $HARNESS_DATA may be the data root or the folder itself
+        candidates.append(root.parent / RUNS_FOLDER)
+    found = next((c for c in candidates if c.is_dir()), None)
+    if found is None:
+        tried = (f"the default, {' or '.join(map(str, candidates))}, does not exist" if candidates else
+                 f"the default, $HARNESS_DATA/omniglot/{RUNS_FOLDER}, needs ${DATA_ENV}")
+        raise UsageError(f"no Omniglot one-shot runs: set the suite option runs_dir to the folder holding "
+                         f"{LAYOUT} (the authors' all_runs.zip, extracted); {tried}")
+    return found
+
+
+def find_archives(cfg: OmniglotRunsConfig) -> Path:
+    """The folder holding the background archives of `cfg`, found as the omniglot suite finds its own."""
+    return find_data_root(OmniglotConfig(archives=cfg.archives, data_root=cfg.data_root))
+
+
+def check_runs(cfg: OmniglotRunsConfig) -> str:
+    """'' when the runs and the archives are where `cfg` says and the runs are well formed, else why not
+    (the grid calls this before any cell runs; it reads the label files, no image)."""
+    reasons = []
+    try:
+        read_runs(find_runs_dir(cfg))
+    except UsageError as exc:
+        reasons.append(str(exc))
+    try:
+        find_archives(cfg)
+    except UsageError as exc:
+        reasons.append(str(exc))
+    return "; ".join(reasons)
+
+
+def background_splits(alphabets: Sequence[str], val_alphabets: Sequence[str] = ()) -> dict[str, tuple[str, ...]]:
+    """Meta-training and validation alphabets of the background archives: `val_alphabets` when given, else
+    those at sorted positions i % 5 == 4 (a pure function of the set of names). Every alphabet not held out
+    meta-trains, since the runs are the test set. Small set 1 alone gives val = Latin (26 characters); both
+    small sets, val = Korean (40); the full background set, 6 of its 30 alphabets."""
+    names = sorted(set(alphabets))
+    if val_alphabets:
+        unknown = sorted(set(val_alphabets) - set(names))
+        if unknown:
+            raise UsageError(f"val_alphabets names {', '.join(unknown)}, not in the archives; they hold "
+                             f"{', '.join(names)}")
+        held_out = set(val_alphabets)
+    else:
+        held_out = {name for i, name in enumerate(names) if i % 5 == 4}
+    if held_out == set(names):
+        raise UsageError(f"val_alphabets holds every alphabet of the archives ({', '.join(names)}); "
+                         "leave some for meta-training")
+    return {"train": tuple(n for n in names if n not in held_out), "val": tuple(n for n in names if n in held_out)}
+
+
+def conv4(image_size: int, ways: int, pool: bool = True) -> nn.Sequential:
+    """The omniglot suite's conv4: 4 x [3x3 conv 64, batch norm (batch statistics only), ReLU, 2x2 max-pool],
+    flatten, linear to `ways` logits; without `pool`, stride-2 convolutions and a global average."""
+    layers: list[nn.Module] = []
+    for i in range(4):
+        layers += [nn.Conv2d(1 if i == 0 else FILTERS, FILTERS, 3, stride=1 if pool else 2, padding=1),
+                   nn.BatchNorm2d(FILTERS, track_running_stats=False), nn.ReLU()]
+        layers += [nn.MaxPool2d(2)] if pool else []
+    side = image_size // 16 if pool else 1
+    layers += [nn.Flatten()] if pool else [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
+    return nn.Sequential(*layers, nn.Linear(FILTERS * side * side, ways))
+
+
+class OmniglotRunsSuite(TaskSuite):
+    """Meta-train on background alphabets, test on Lake et al.'s one-shot runs; scored by error rate."""
+
+    kind = "classification"
+    metric_name = "error_rate"
+    higher_is_better = False
+
+    def __init__(self, config: OmniglotRunsConfig | None = None) -> None:
+        super().__init__(config if config is not None else OmniglotRunsConfig())
+        cfg = self.config
+        self.runs_dir = find_runs_dir(cfg)
+        self.runs = read_runs(self.runs_dir)  # every layout error before any decoding or training
+        root = find_archives(cfg)
+        cache_dir = _resolve_dir(cfg.cache_dir, CACHE_ENV) or Path.home() / ".cache/metaharness/omniglot"
+        self.data = load_characters([root / a for a in cfg.archives], cfg.image_size, cache_dir)
+        self.alphabets = background_splits([a for a, _ in self.data.characters], cfg.val_alphabets)
+        drawings = self.data.images.shape[1]
+        if 1 + cfg.query > drawings:
+            raise UsageError(f"1 shot + query = 1 + {cfg.query} images per class, but each Omniglot character "
+                             f"has {drawings} drawings")
+        # A class is (character, quarter turns); rotated copies are classes of the train split only.
+        self.classes: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        for split, names in self.alphabets.items():
+            chars = torch.tensor([i for i, (a, _) in enumerate(self.data.characters) if a in names],
+                                 dtype=torch.int64)
+            turns = 4 if cfg.rotations and split == "train" else 1
+            self.classes[split] = (chars.repeat(turns), torch.arange(turns).repeat_interleave(len(chars)))
+            if len(chars) * turns < WAYS:
+                raise UsageError(f"{WAYS}-way episodes need {WAYS} classes, but the {split} split (alphabets: "
+                                 f"{', '.join(names) or 'none'}) has {len(chars) * turns}; choose held-out "
+                                 "alphabets with the option val_alphabets")
+        self.run_support, self.run_query = self._decode_runs()  # uint8 [runs, 20, H, W], 255 = ink
+        self.run_labels = torch.tensor([run.labels for run in self.runs], dtype=torch.int64)
+        self._check_unseen()
+
+    def _decode_runs(self) -> tuple[torch.Tensor, torch.Tensor]:
+        size = self.config.image_size
+        out = torch.empty(2, len(self.runs), WAYS, size, size, dtype=torch.uint8)
+        for r, run in enumerate(self.runs):
+            for part, paths in enumerate((run.classes, run.items)):
+                for i, path in enumerate(paths):
+                    try:
+                        out[part, r, i] = _decode(path.read_bytes(), size)
+                    except Exception as exc:  # PIL raises several types for a damaged file
+                        raise UsageError(f"cannot decode {path}: {type(exc).__name__}: {exc}") from exc
+        return out[0], out[1]
+
+    def _check_unseen(self) -> None:
+        """Refuse runs made of drawings the meta-training archives hold: the test would measure memory.
+
+        The authors' runs come from the evaluation set, so with the background archives nothing is shared;
+        a drawing found in both decodes to the same pixels, which `unique` detects exactly."""
+        size = self.config.image_size
+        archive = self.data.images.reshape(-1, size * size)
+        runs = torch.stack([self.run_support, self.run_query], dim=2).reshape(-1, size * size)
+        _, inverse = torch.unique(torch.cat([archive, runs]), dim=0, return_inverse=True)
+        shared = torch.isin(inverse[len(archive):], inverse[: len(archive)]).view(len(self.runs), -1)
+        if bool(shared.any()):
+            names = [run.folder.name for run, hit in zip(self.runs, shared.any(dim=1).tolist()) if hit]
+            raise UsageError(f"{int(shared.sum())} of the {shared.numel()} images of the runs in {self.runs_dir} "
+                             f"(in {', '.join(names[:5])}{' ...' if len(names) > 5 else ''}) are drawings in the "
+                             f"meta-training archives {', '.join(self.config.archives)}; the runs must come from "
+                             "other alphabets (the authors' from images_evaluation)")
+
+    def _episodes(self, runs: torch.Tensor) -> TaskBatch:
+        """The runs at indices `runs` as episodes: the 20 training images as support (label k for
+        class{k+1}.png), the 20 test images in item order as queries, labelled from class_labels.txt."""
+        size, n = self.config.image_size, len(runs)
+        return TaskBatch(
+            support_x=self.run_support[runs].to(torch.float32).div_(255.0).view(n, WAYS, 1, size, size),
+            support_y=torch.arange(WAYS).expand(n, -1).clone(),
+            query_x=self.run_query[runs].to(torch.float32).div_(255.0).view(n, WAYS, 1, size, size),
+            query_y=self.run_labels[runs].clone(),
+        )
+
+    def fixed_episodes(self, split: str) -> TaskBatch | None:
+        """The test split is every run, in order (run01 first); train and val are sampled."""
+        if split not in SPLITS:
+            raise ValueError(f"unknown split {split!r}; valid splits: {', '.join(SPLITS)}")
+        return self._episodes(torch.arange(len(self.runs))) if split == "test" else None
+
+    def sample(self, n_tasks: int, generator: torch.Generator, split: str) -> TaskBatch:
+        """`n_tasks` 20-way 1-shot episodes: support_x [n, 20, 1, H, W] float32 in [0, 1] (ink = 1), labels
+        0..19 in order; query_x [n, 20 * query, 1, H, W] class-major. "test" draws from the runs (each once
+        per pass over them, in random order), so its query set is a run's 20 test images."""
+        if split not in SPLITS:
+            raise ValueError(f"unknown split {split!r}; valid splits: {', '.join(SPLITS)}")
+        if not isinstance(n_tasks, int) or isinstance(n_tasks, bool) or n_tasks < 1:
+            raise ValueError(f"n_tasks must be a positive integer, got {n_tasks!r}")
+        if split == "test":
+            passes = math.ceil(n_tasks / len(self.runs))
+            order = torch.cat([torch.randperm(len(self.runs), generator=generator) for _ in range(passes)])
+            return self._episodes(order[:n_tasks])
+        cfg, images = self.config, self.data.images
+        chars, turns = self.classes[split]
+        per_class, size = 1 + cfg.query, cfg.image_size
+        # The first `WAYS` entries of a uniform random permutation (argsort of float64 keys, stable) are
+        # distinct classes in random order, so label = position is a random relabelling.
+        keys = torch.rand(n_tasks, len(chars), generator=generator, dtype=torch.float64)
+        picked = keys.argsort(dim=1, stable=True)[:, :WAYS]
+        keys = torch.rand(n_tasks, WAYS, images.shape[1], generator=generator, dtype=torch.float64)
+        drawings = keys.argsort(dim=2, stable=True)[..., :per_class]
+        x = images[chars[picked].unsqueeze(-1), drawings]  # uint8 [n, ways, 1 + query, H, W]
+        quarter_turns = turns[picked]
+        for k in (1, 2, 3):
+            mask = quarter_turns == k
+            if bool(mask.any()):
+                x[mask] = torch.rot90(x[mask], k, dims=(-2, -1))
+        x = x.to(torch.float32).div_(255.0).unsqueeze(3)  # [n, ways, 1 + query, 1, H, W]
+        labels = torch.arange(WAYS)
+        return TaskBatch(
+            support_x=x[:, :, 0],
+            support_y=labels.expand(n_tasks, -1).clone(),
+            query_x=x[:, :, 1:].reshape(n_tasks, WAYS * cfg.query, 1, size, size),
+            query_y=labels.repeat_interleave(cfg.query).expand(n_tasks, -1).clone(),
+        )
+
+    def build_model(self) -> nn.Module:
+        """The omniglot suite's conv4 (or conv4-nopool) with 20 logits, one per class of a run."""
+        return conv4(self.config.image_size, WAYS, pool=self.config.model == "conv4")
+
+    def loss(self, prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy of the logits."""
+        return F.cross_entropy(prediction, target)
+
+    def metric(self, prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Error rate: the fraction of query images whose highest logit is not the true label (the
+        authors' measure, averaged over runs by the harness)."""
+        return (prediction.argmax(dim=-1) != target).to(torch.float32).mean()
+
+    def describe(self) -> dict[str, Any]:
+        digest = hashlib.sha256()
+        for run in self.runs:  # the runs' exact bytes, so a record says which runs it was scored on
+            for path in (*run.classes, *run.items, run.folder / LABELS_FILE):
+                digest.update(f"{path.relative_to(self.runs_dir).as_posix()}\0".encode())
+                digest.update(path.read_bytes())
+        splits: dict[str, Any] = {}
+        for split, names in self.alphabets.items():
+            characters = int(self.classes[split][0].unique().numel())
+            splits[split] = {"alphabets": list(names), "characters": characters,
+                             "classes": len(self.classes[split][0])}
+        splits["test"] = {"runs": len(self.runs), "runs_dir": str(self.runs_dir), "runs_sha256": digest.hexdigest()}
+        import PIL
+
+        return {
+            "archives": [{"path": p, "sha256": h} for p, h in self.data.archives],
+            "splits": splits,
+            "cache_file": str(self.data.cache_file),
+            "pillow": PIL.__version__,
+        }
+
+
+@hookimpl
+def harness_register_task_suites() -> list[TaskSuiteSpec]:
+    return [
+        TaskSuiteSpec(
+            name="omniglot-runs",
+            factory=OmniglotRunsSuite,
+            config=OmniglotRunsConfig,
+            task_kind="classification",
+            description="Lake et al.'s 20-way 1-shot Omniglot runs (runs_dir), after meta-training on background "
+                        "alphabets; error rate",
+            paper="Lake, Salakhutdinov & Tenenbaum 2015 (one-shot classification runs)",
+            requires=("PIL",),
+            check=check_runs,
+        )
+    ]
