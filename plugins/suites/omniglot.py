@@ -111,7 +111,8 @@ class OmniglotConfig:
                              f"({self.train_characters}): validation characters are held out of those")
         if self.protocol == "alphabet" and (self.train_characters, self.val_characters) != (1200, 100):
             raise ValueError("train_characters and val_characters size the 'standard' protocol's split; "
-                             "protocol 'alphabet' splits by alphabet (set protocol = 'standard' or leave them out)")
+                             "protocol 'alphabet' splits by alphabet (set protocol = 'standard' or leave "
+                             "them out)")
         if self.download not in DOWNLOAD_MODES:
             raise ValueError(f"download must be one of {', '.join(DOWNLOAD_MODES)}, got {self.download!r}")
         if self.base_url is not None and self.base_url.split("://", 1)[0] not in URL_SCHEMES:
@@ -119,7 +120,8 @@ class OmniglotConfig:
                              f"archives, got {self.base_url!r}")
         # Protocol defaults are written into the frozen config, so the record holds what was used.
         if self.archives is None:
-            object.__setattr__(self, "archives", FULL_ARCHIVES if self.protocol == "standard" else SMALL_ARCHIVES)
+            archives = FULL_ARCHIVES if self.protocol == "standard" else SMALL_ARCHIVES
+            object.__setattr__(self, "archives", archives)
         if self.rotations is None:
             object.__setattr__(self, "rotations", self.protocol == "standard")
         if not self.archives or not all(isinstance(a, str) and a for a in self.archives):
@@ -178,7 +180,8 @@ def _members(archive: zipfile.ZipFile, path: Path) -> dict[Character, list[zipfi
     for info in archive.infolist():
         why = unsafe_member(info.filename)
         if why:
-            raise HarnessError(f"archive {path} holds a member whose path {why}: {info.filename!r}; refusing it")
+            raise HarnessError(f"archive {path} holds a member whose path {why}: {info.filename!r}; "
+                               "refusing it")
         parts = info.filename.split("/")  # <archive name>/<Alphabet>/characterNN/<id>_<drawer>.png
         if len(parts) == 4 and parts[3].lower().endswith(".png"):
             members.setdefault((parts[1], parts[2]), []).append(info)
@@ -297,8 +300,9 @@ def standard_splits(ranks: Mapping[Character, int], train_characters: int = 1200
     """
     order = sorted(ranks, key=lambda key: (ranks[key], key))
     if train_characters >= len(order):
-        raise UsageError(f"train_characters = {train_characters} leaves no test characters: the archives hold "
-                         f"{len(order)} characters (1623 in images_background.zip + images_evaluation.zip)")
+        raise UsageError(f"train_characters = {train_characters} leaves no test characters: the archives "
+                         f"hold {len(order)} characters (1623 in images_background.zip and "
+                         "images_evaluation.zip)")
     cut = train_characters - val_characters
     return {"train": tuple(order[:cut]), "val": tuple(order[cut:train_characters]),
             "test": tuple(order[train_characters:])}
@@ -318,12 +322,15 @@ def survey_archives(paths: Sequence[Path]) -> dict[Character, tuple[int, int]]:
                 for character, infos in _members(archive, path).items():
                     found.setdefault(character, (rank, len(infos)))
         if not found:
-            raise HarnessError(f"no <alphabet>/<character>/<drawing>.png images in {', '.join(map(str, paths))}")
+            listed = ", ".join(map(str, paths))
+            raise HarnessError(f"no <alphabet>/<character>/<drawing>.png images in {listed}")
         _survey_memo[key] = found
     return _survey_memo[key]
 
 
-def split_characters(cfg: OmniglotConfig, survey: Mapping[Character, tuple[int, int]]) -> dict[str, tuple[Character, ...]]:
+def split_characters(
+    cfg: OmniglotConfig, survey: Mapping[Character, tuple[int, int]]
+) -> dict[str, tuple[Character, ...]]:
     """The characters of each split under `cfg.protocol`, each split sorted."""
     if cfg.protocol == "standard":
         ranks = {character: rank for character, (rank, _) in survey.items()}
@@ -346,7 +353,8 @@ def episode_problem(cfg: OmniglotConfig, splits: Mapping[str, Sequence[Character
                 where = f"alphabets: {', '.join(sorted({a for a, _ in chars})) or 'none'}"
             else:
                 where = f"{len(chars)} characters" + (", each in 4 rotations" if classes > len(chars) else "")
-            return f"{cfg.ways}-way episodes need {cfg.ways} classes, but the {split} split ({where}) has {classes}"
+            return (f"{cfg.ways}-way episodes need {cfg.ways} classes, but the {split} split ({where}) has "
+                    f"{classes}")
     return ""
 
 
@@ -412,7 +420,8 @@ class OmniglotSuite(TaskSuite):
         # Sizes are checked against the archives' listings before the (slow, first time) decoding.
         survey = survey_archives(paths)
         self.characters = split_characters(cfg, survey)
-        self.alphabets = {split: tuple(sorted({a for a, _ in chars})) for split, chars in self.characters.items()}
+        self.alphabets = {split: tuple(sorted({a for a, _ in chars})) for split, chars in
+                          self.characters.items()}
         problem = episode_problem(cfg, self.characters, min(n for _, n in survey.values()))
         if problem:
             raise UsageError(problem)
@@ -476,8 +485,8 @@ class OmniglotSuite(TaskSuite):
             widths = (cfg.image_size * cfg.image_size, *MLP_WIDTHS)
             layers: list[nn.Module] = [nn.Flatten()]
             for width_in, width_out in itertools.pairwise(widths):
-                layers += [nn.Linear(width_in, width_out), nn.BatchNorm1d(width_out, track_running_stats=False),
-                           nn.ReLU()]
+                layers += [nn.Linear(width_in, width_out),
+                           nn.BatchNorm1d(width_out, track_running_stats=False), nn.ReLU()]
             return nn.Sequential(*layers, nn.Linear(widths[-1], cfg.ways))
         pool = cfg.model == "conv4"
         layers = []
@@ -538,8 +547,8 @@ def harness_register_task_suites() -> list[TaskSuiteSpec]:
             factory=OmniglotSuite,
             config=OmniglotConfig,
             task_kind="classification",
-            description="N-way K-shot Omniglot character classification (alphabet-disjoint splits of the small "
-                        "sets, or the papers' 1200/423 split of the full archives, downloaded); accuracy",
+            description="N-way K-shot Omniglot character classification (alphabet-disjoint splits of the "
+                        "small sets, or the papers' 1200/423 split of the full archives); accuracy",
             paper=(
                 "Lake, Salakhutdinov & Tenenbaum 2015 (data); Finn et al. 2017 / Snell et al. 2017 (protocol)"
             ),

@@ -93,8 +93,8 @@ def resolve_base_url(option: str | None) -> str:
     scheme = urllib.parse.urlsplit(url).scheme
     if scheme not in URL_SCHEMES:
         source = "base_url" if option else f"${URL_ENV}" if os.environ.get(URL_ENV) else "the default"
-        raise UsageError(f"{source} must be an {'/'.join(URL_SCHEMES)} URL of the folder holding the Omniglot "
-                         f"archives (default {OFFICIAL_URL}), got {url!r}")
+        raise UsageError(f"{source} must be an {'/'.join(URL_SCHEMES)} URL of the folder holding the "
+                         f"Omniglot archives (default {OFFICIAL_URL}), got {url!r}")
     return url
 
 
@@ -102,7 +102,9 @@ def archive_url(base_url: str, name: str) -> str:
     return base_url.rstrip("/") + "/" + urllib.parse.quote(name)
 
 
-def download(url: str, target: Path, md5: str, *, timeout: float = TIMEOUT_S, stream: TextIO | None = None) -> None:
+def download(
+    url: str, target: Path, md5: str, *, timeout: float = TIMEOUT_S, stream: TextIO | None = None
+) -> None:
     """Fetch `url` to `target` if and only if every check passes; writes one progress line to `stream`
     (default stderr). Nothing is left at `target`, nor any temporary file, when a check fails."""
     stream = sys.stderr if stream is None else stream
@@ -130,18 +132,18 @@ def download(url: str, target: Path, md5: str, *, timeout: float = TIMEOUT_S, st
                         received += len(block)
             except urllib.error.HTTPError as exc:
                 exc.close()  # it holds the response's socket
-                raise UsageError(f"cannot download {target.name}: {url} answered HTTP {exc.code} {exc.reason}; "
-                                 f"{by_hand}") from None
+                raise UsageError(f"cannot download {target.name}: {url} answered HTTP {exc.code} "
+                                 f"{exc.reason}; {by_hand}") from None
             except (urllib.error.URLError, http.client.HTTPException, OSError) as exc:
                 reason = getattr(exc, "reason", None) or exc
-                raise UsageError(f"cannot download {target.name} from {url} ({type(exc).__name__}: {reason}); "
-                                 f"offline? {by_hand}") from None
+                raise UsageError(f"cannot download {target.name} from {url} ({type(exc).__name__}: "
+                                 f"{reason}); offline? {by_hand}") from None
         if announced is not None and announced.isdigit() and received != int(announced):
             raise HarnessError(f"the download of {url} stopped after {received} of {announced} bytes; "
                                "nothing was kept, try again")
         if digest.hexdigest() != md5:
-            raise HarnessError(f"the download of {url} has md5 {digest.hexdigest()}, but the published md5 of "
-                               f"{target.name} is {md5}; nothing was kept (a cut or altered file)")
+            raise HarnessError(f"the download of {url} has md5 {digest.hexdigest()}, but the published md5 "
+                               f"of {target.name} is {md5}; nothing was kept (a cut or altered file)")
         check_archive(part, shown_as=f"the download of {url}")
         os.replace(part, target)  # atomic on one file system: readers see the old state or the whole file
     except BaseException:
@@ -172,9 +174,10 @@ def ensure_archives(folder: Path, names: Sequence[str], *, mode: str, base_url: 
             if actual == published:
                 continue
             if mode != "replace":
-                raise UsageError(f"{path} has md5 {actual}, but the published md5 of {name} is {published}: it is "
-                                 "damaged or not the official file. Delete it, or set the suite option "
-                                 "download = 'replace' to fetch it again, or verify_md5 = false to use it as it is")
+                raise UsageError(f"{path} has md5 {actual}, but the published md5 of {name} is {published}: "
+                                 "it is damaged or not the official file. Delete it, or set the suite option "
+                                 "download = 'replace' to fetch it again, or verify_md5 = false to use it as "
+                                 "it is")
         elif mode == "never":
             continue
         download(archive_url(resolve_base_url(base_url), name), path, published)

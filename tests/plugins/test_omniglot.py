@@ -17,6 +17,13 @@ from torch import nn
 from torch.func import functional_call, grad, vmap
 
 pytest.importorskip("PIL", reason="the Omniglot suite decodes PNG with Pillow (pip install pillow)")
+from PIL import Image, ImageDraw  # noqa: E402
+
+import harness.hookspecs  # noqa: E402
+from harness import HarnessError, UsageError, cli  # noqa: E402
+from harness.grid import load_grid  # noqa: E402
+from harness.registry import build_plugin_manager  # noqa: E402
+from harness.specs import TaskSuiteSpec, resolve_params  # noqa: E402
 from metaharness_plugins.algorithms.maml import MAML, FOMAMLHparams  # noqa: E402
 from metaharness_plugins.backends.cpu import CPUBackend  # noqa: E402
 from metaharness_plugins.suites import omniglot, omniglot_download  # noqa: E402
@@ -33,13 +40,6 @@ from metaharness_plugins.suites.omniglot import (  # noqa: E402
     standard_splits,
     survey_archives,
 )
-from PIL import Image, ImageDraw  # noqa: E402
-
-import harness.hookspecs  # noqa: E402
-from harness import HarnessError, UsageError, cli  # noqa: E402
-from harness.grid import load_grid  # noqa: E402
-from harness.registry import build_plugin_manager  # noqa: E402
-from harness.specs import TaskSuiteSpec, resolve_params  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[3] / "shared" / "data" / "omniglot"
 ARCHIVES = OmniglotConfig().archives
@@ -249,10 +249,10 @@ def test_rotations_are_new_classes_of_the_train_split_only(cache_dir: Path, look
         ({"protocol": "vinyals"}, "protocol must be one of alphabet, standard, got 'vinyals'"),
         ({"model": "resnet12"}, "model must be one of conv4, conv4-nopool, mlp, got 'resnet12'"),
         ({"image_size": 14}, "model 'conv4' needs image_size >= 16"),
-        ({"protocol": "standard", "train_characters": 0}, "train_characters must be a positive integer, got 0"),
+        ({"protocol": "standard", "train_characters": 0}, "train_characters must be a positive integer"),
         ({"protocol": "standard", "val_characters": 1200}, r"val_characters \(1200\) must be fewer than "
          r"train_characters \(1200\)"),
-        ({"train_characters": 1000}, "train_characters and val_characters size the 'standard' protocol's split"),
+        ({"train_characters": 1000}, "train_characters and val_characters size the 'standard' protocol"),
         ({"download": "always"}, "download must be one of missing, replace, never, got 'always'"),
         ({"base_url": "ftp://example.org/"}, "base_url must be an http/https/file URL"),
         ({"archives": ["../images_background.zip"]}, "archives must be file names inside the data folder"),
@@ -420,24 +420,26 @@ def test_mlp_is_maml_fully_connected_network_with_batch_statistics(cache_dir: Pa
 
 
 def test_first_order_maml_learns_with_the_mlp(cache_dir: Path) -> None:
-    """The fully connected network learns too: 150 meta-iterations of first-order MAML (inner_lr 0.4,
-    meta_lr 0.003, meta-batch 8) lift 5-way 1-shot accuracy after one step from chance (0.2) to 0.38
-    (0.36-0.41 over three seeds), in about 3 s on one thread."""
+    """The fully connected network learns too: 60 meta-iterations of first-order MAML (inner_lr 0.4,
+    meta_lr 0.003, meta-batch 8) lift 5-way 1-shot test accuracy after one step from chance (0.2) to 0.50
+    (0.48-0.50 over three seeds), in about 3 s on one thread."""
     suite = make_suite(cache_dir, model="mlp", query=5)
     torch.manual_seed(0)
     hparams = FOMAMLHparams(inner_lr=0.4, meta_lr=0.003, meta_batch_size=8, test_steps=1)
     algo = MAML(hparams, suite.build_model(), suite, CPUBackend())
     generator = torch.Generator().manual_seed(0)
-    for _ in range(150):
+    for _ in range(60):
         algo.meta_train_step(suite.sample(8, generator, "train"))
     test = suite.sample(100, torch.Generator().manual_seed(99), "test")
     accuracy = torch.zeros(2)
     with torch.no_grad():
         for i in range(test.num_tasks):
             states = algo.adapt(test.support_x[i], test.support_y[i], 1)
-            accuracy += torch.stack([suite.metric(algo.predict(s, test.query_x[i]), test.query_y[i]) for s in states])
+            query_x, query_y = test.query_x[i], test.query_y[i]
+            accuracy += torch.stack([suite.metric(algo.predict(s, query_x), query_y) for s in states])
     accuracy /= test.num_tasks
-    assert float(accuracy[1]) > 0.3, f"accuracy after one step {float(accuracy[1]):.3f}, chance is 0.2"
+    assert float(accuracy[1]) > 0.4, f"accuracy after one step {float(accuracy[1]):.3f}, chance is 0.2"
+    assert float(accuracy[1]) > float(accuracy[0]) + 0.15
 
 
 # --- the "standard" protocol on full-layout archives -----------------------------------------------------
@@ -525,7 +527,7 @@ def test_standard_split_is_a_pure_function_of_the_characters(standard: OmniglotS
 def test_standard_rotations_are_classes_of_the_train_split_only(standard: OmniglotSuite, full_layout: Path,
                                                                 tmp_path: Path) -> None:
     images = standard.data.images
-    table = {images[c, d].numpy().tobytes(): c for c in range(images.shape[0]) for d in range(images.shape[1])}
+    table = {images[c, d].numpy().tobytes(): c for c in range(len(images)) for d in range(images.shape[1])}
     chars, turns = standard.classes["train"]
     assert sorted(torch.bincount(turns).tolist()) == [80, 80, 80, 80]
     assert all(torch.equal(chars[turns == k], chars[turns == 0]) for k in range(4))
@@ -533,7 +535,8 @@ def test_standard_rotations_are_classes_of_the_train_split_only(standard: Omnigl
     batch = standard.sample(8, torch.Generator().manual_seed(1), "train")
     for x in batch.support_x.flatten(0, 1):
         pixels = (x[0] * 255).round().to(torch.uint8)
-        found = [(k, table[key]) for k in range(4) if (key := torch.rot90(pixels, -k).numpy().tobytes()) in table]
+        turned = [torch.rot90(pixels, -k).numpy().tobytes() for k in range(4)]
+        found = [(k, table[key]) for k, key in enumerate(turned) if key in table]
         assert len(found) == 1 and found[0][1] in set(chars.tolist())
         seen_turns.add(found[0][0])
     assert seen_turns == {0, 1, 2, 3}
@@ -547,8 +550,8 @@ def test_standard_rotations_are_classes_of_the_train_split_only(standard: Omnigl
 
 
 def test_standard_sizes_are_checked_against_the_data(full_layout: Path, tmp_path: Path) -> None:
-    with pytest.raises(UsageError, match=r"train_characters = 149 leaves no test characters: the archives hold "
-                       r"149 characters"):
+    with pytest.raises(UsageError, match=r"train_characters = 149 leaves no test characters: the archives "
+                       r"hold 149 characters"):
         standard_suite(full_layout, tmp_path, train_characters=149)
     message = r"25-way episodes need 25 classes, but the val split \(20 characters\) has 20"
     with pytest.raises(UsageError, match=message):
@@ -588,7 +591,8 @@ def fabricate_listing(folder: Path) -> None:
         with zipfile.ZipFile(folder / f"{name}.zip", "w") as archive:
             for c in range(characters):
                 for d in range(20):
-                    archive.writestr(f"{name}/{name[7]}{c % alphabets:02d}/character{c:04d}/{c:04d}_{d:02d}.png", png)
+                    member = f"{name}/{name[7]}{c % alphabets:02d}/character{c:04d}/{c:04d}_{d:02d}.png"
+                    archive.writestr(member, png)
 
 
 def test_paper_grid_lists_its_cells_with_the_papers_settings(
@@ -597,15 +601,17 @@ def test_paper_grid_lists_its_cells_with_the_papers_settings(
     fabricate_listing(tmp_path / "omniglot")
     # These archives stand in for the official ones: their md5 replaces the published one for this test.
     for name in omniglot_download.PUBLISHED_MD5:
-        monkeypatch.setitem(omniglot_download.PUBLISHED_MD5, name, omniglot_download.file_md5(tmp_path / "omniglot" / name))
+        digest = omniglot_download.file_md5(tmp_path / "omniglot" / name)
+        monkeypatch.setitem(omniglot_download.PUBLISHED_MD5, name, digest)
     monkeypatch.setenv("HARNESS_DATA", str(tmp_path))
     monkeypatch.setenv("HARNESS_DISABLE_PLUGIN_AUTOLOAD", "1")
-    assert cli.main(["run", "--grid", "omniglot-paper", "--dry-run", "--results", str(tmp_path / "results")]) == 0
+    results = str(tmp_path / "results")
+    assert cli.main(["run", "--grid", "omniglot-paper", "--dry-run", "--results", results]) == 0
     out = capsys.readouterr().out
     assert "grid 'omniglot-paper'" in out and "20 cells to consider, 0 skipped" in out
     assert not (tmp_path / "results").exists()
     grid = load_grid("omniglot-paper", build_plugin_manager(entry_points=False))
-    cells = {(c.algorithm, dict(c.suite_config)["ways"], dict(c.suite_config)["shots"]): c for c in grid.cells}
+    cells = {(c.algorithm, *(dict(c.suite_config)[k] for k in ("ways", "shots"))): c for c in grid.cells}
     assert sorted({a for a, _, _ in cells}) == ["anil", "fomaml", "maml", "matchingnet", "protonet"]
     assert all((a, w, s) in cells for a in ("maml", "protonet") for w in (5, 20) for s in (1, 5))
     for (algorithm, ways, shots), cell in cells.items():
@@ -614,7 +620,8 @@ def test_paper_grid_lists_its_cells_with_the_papers_settings(
         assert cell.backend != "" and cell.budget.test_episodes == 600
         if algorithm in ("maml", "fomaml", "anil"):
             paper = {5: (0.4, 1, 3, 32), 20: (0.1, 5, 5, 16)}[ways]
-            assert tuple(hparams[k] for k in ("inner_lr", "inner_steps", "test_steps", "meta_batch_size")) == paper
+            names = ("inner_lr", "inner_steps", "test_steps", "meta_batch_size")
+            assert tuple(hparams[k] for k in names) == paper
             assert config["model"] == "conv4-nopool"  # MAML's Omniglot network: strided convolutions
         else:
             assert hparams == {} and "model" not in config
