@@ -295,8 +295,9 @@ def standard_splits(ranks: Mapping[Character, int], train_characters: int = 1200
     MAML's code (which holds out 100 of the 1200 training characters; Vinyals et al. 2016 and Santoro
     et al. 2016 give 1200 / 423). Their code draws the 1200 at random from a file listing whose order
     depends on the file system (MAML: random.seed(1) over os.listdir); a fixed order makes the split
-    the same everywhere, and keeps the evaluation alphabets' characters, which their authors set apart
-    for testing, out of meta-training except for the 236 needed to reach 1200.
+    the same everywhere. On the full archives, meta-training gets the 964 background characters and the
+    first 136 evaluation ones, validation the next 100 evaluation characters, and the test split the
+    last 423, all from alphabets the dataset's authors set apart for evaluation.
     """
     order = sorted(ranks, key=lambda key: (ranks[key], key))
     if train_characters >= len(order):
