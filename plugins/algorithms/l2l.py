@@ -1,1 +1,509 @@
-"""Placeholder: being written."""
+"""learn2learn's own implementations as harness algorithms: Arnold, Mahajan, Datta, Bunner & Zarkias
+(2020), "learn2learn: A Library for Meta-Learning Research" (arXiv:2008.12284), and MetaOptNet: Lee,
+Maji, Ravichandran & Soatto (2019), "Meta-Learning with Differentiable Convex Optimization", CVPR
+(arXiv:1904.03758).
+
+`l2l-maml`, `l2l-fomaml`, `l2l-metasgd`, `l2l-anil` and `l2l-protonet` do their real work with
+learn2learn's classes (`learn2learn.algorithms.MAML` / `MetaSGD` with `clone()` and `adapt()`,
+`learn2learn.nn.PrototypicalClassifier`), used as learn2learn's examples use them: a Python loop over
+the tasks of a meta-batch, each task's query loss back-propagated as soon as it is computed, Adam as
+the outer optimiser. Their hyper-parameters have exactly the names, meanings and defaults of the
+native `maml`, `fomaml`, `metasgd`, `anil` and `protonet` (less the native `vmap_tasks`, a switch of
+the native implementation that learn2learn's module cloning has no counterpart for), so one grid
+sweeps both alike and a leaderboard compares the two implementations on identical episodes.
+
+`metaoptnet` fits learn2learn's `SVClassifier` (a Crammer-Singer multi-class SVM, solved as a QP by
+qpth's differentiable interior-point solver) on each task's support embeddings and trains the
+embedding end to end through the QP solution (section 3 of the paper); classification only.
+
+learn2learn (and qpth) are imported inside the factories, so `harness list` stays fast and a missing
+package marks these algorithms unavailable with an install hint rather than breaking the plugin.
+"""
+
+from __future__ import annotations
+
+import abc
+import contextlib
+import io
+import sys
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call
+
+from harness import Algorithm, AlgorithmSpec, TaskBatch, TaskSuite, check_ranges, hookimpl, split_classifier
+
+Params = dict[str, Tensor]
+
+ALPHA_PREFIX = "alpha."  # names of Meta-SGD's learned learning rates, as the native metasgd names them
+DISTANCES = ("euclidean", "cosine")
+
+
+def import_learn2learn() -> ModuleType:
+    """Import learn2learn, keeping the banner gym prints to stderr when learn2learn imports it out of
+    the user's output (learn2learn's __init__ imports its gym subpackage unconditionally; nothing here
+    uses gym). Anything else written to stderr during the import is passed through."""
+    module = sys.modules.get("learn2learn")
+    if module is not None:
+        return module
+    captured = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(captured):
+            import learn2learn
+    finally:
+        text = captured.getvalue()
+        try:
+            from gym_notices.notices import notices
+        except ImportError:
+            notices = {}
+        for notice in notices.values():
+            text = text.replace(notice + "\n", "")
+        sys.stderr.write(text)
+    return learn2learn
+
+
+# --- hyper-parameters: the native algorithms' names, meanings and defaults ----------------------
+
+
+@dataclass(frozen=True)
+class L2LMAMLHparams:
+    """The native `maml`'s settings (the MAML paper's sinusoid defaults, section 5.1).
+
+    inner_lr: the inner SGD step size alpha (learn2learn's `MAML(lr=...)`).
+    inner_steps / test_steps: `adapt()` calls per task at meta-train / meta-test.
+    meta_lr: Adam's step size for the meta-update.
+    meta_batch_size: tasks per meta-update.
+    first_order: learn2learn's `first_order` flag: the inner gradients are constants (section 5.2).
+    """
+
+    inner_lr: float = 0.01
+    inner_steps: int = 1
+    test_steps: int = 10
+    meta_lr: float = 0.001
+    meta_batch_size: int = 25
+    first_order: bool = False
+
+    def __post_init__(self) -> None:
+        check_ranges(self, at_least_one=("inner_steps", "meta_batch_size"), non_negative=("test_steps",),
+                     positive=("inner_lr", "meta_lr"))
+
+
+@dataclass(frozen=True)
+class L2LFOMAMLHparams(L2LMAMLHparams):
+    """First-order MAML: the same settings with the second-order terms dropped."""
+
+    first_order: bool = True
+
+
+@dataclass(frozen=True)
+class L2LMetaSGDHparams:
+    """The native `metasgd`'s settings (the Meta-SGD paper's regression set-up, section 4.1).
+
+    inner_steps / test_steps: adaptation steps at meta-train / meta-test (one in the paper).
+    alpha_init: the learned learning rates start uniform in this range, drawn from torch's global RNG
+        after the model is built, in parameter order (as the native one draws them), and are handed to
+        learn2learn's `MetaSGD(lrs=...)` (its own initialisation is a constant).
+    meta_lr: Adam's step size for the weights and the learning rates.
+    meta_batch_size: tasks per meta-update.
+    """
+
+    inner_steps: int = 1
+    test_steps: int = 1
+    alpha_init: tuple[float, float] = (0.005, 0.1)
+    meta_lr: float = 0.001
+    meta_batch_size: int = 25
+
+    def __post_init__(self) -> None:
+        check_ranges(self, at_least_one=("inner_steps", "meta_batch_size"), non_negative=("test_steps",),
+                     positive=("meta_lr",))
+        if len(self.alpha_init) != 2 or not 0 <= self.alpha_init[0] <= self.alpha_init[1]:
+            raise ValueError(
+                f"alpha_init must be a range (low, high) with 0 <= low <= high, got {self.alpha_init!r}"
+            )
+
+
+@dataclass(frozen=True)
+class L2LANILHparams:
+    """The native `anil`'s settings (MAML's Omniglot 5-way settings, which the ANIL paper keeps).
+
+    inner_lr: step size of the head's inner SGD steps; inner_steps / test_steps: at meta-train / test.
+    meta_lr: Adam's step size for body and head; meta_batch_size: tasks per meta-update.
+    first_order: treat the head's inner gradients as constants.
+    """
+
+    inner_lr: float = 0.4
+    inner_steps: int = 1
+    test_steps: int = 3
+    meta_lr: float = 0.001
+    meta_batch_size: int = 32
+    first_order: bool = False
+
+    def __post_init__(self) -> None:
+        check_ranges(self, at_least_one=("inner_steps", "meta_batch_size"), non_negative=("test_steps",),
+                     positive=("inner_lr", "meta_lr"))
+
+
+@dataclass(frozen=True)
+class L2LProtoNetHparams:
+    """The native `protonet`'s settings (the ProtoNets paper's Omniglot ones, section 3.1).
+
+    meta_lr: Adam's step size; meta_batch_size: episodes per Adam step (one in the paper).
+    distance: "euclidean" (minus squared distance) or "cosine", learn2learn's two distances.
+    """
+
+    meta_lr: float = 0.001
+    meta_batch_size: int = 1
+    distance: str = "euclidean"
+
+    def __post_init__(self) -> None:
+        check_ranges(self, at_least_one=("meta_batch_size",), positive=("meta_lr",))
+        if self.distance not in DISTANCES:
+            raise ValueError(f"distance must be one of {', '.join(DISTANCES)}, got {self.distance!r}")
+
+
+@dataclass(frozen=True)
+class MetaOptNetHparams:
+    """MetaOptNet-SVM's head settings (section 4 of the paper and its released code), Adam outside.
+
+    C_reg: the SVM's regularisation constant C, 0.1 in the paper's code (also learn2learn's default).
+    max_iters: iterations of qpth's interior-point QP solver per fit (15: the paper's code and
+        learn2learn's default), at meta-train and meta-test alike.
+    learn_scale: multiply the SVM's logits by a meta-learned scalar, initialised at 1, as the paper's
+        code does (`enable_scale`); the SVM's scores are small, and the softmax needs a temperature.
+    meta_lr: Adam's step size, as for the other bundled algorithms (the paper trains a ResNet-12 with
+        SGD and a step schedule over 60 epochs, far beyond the harness's budgets).
+    meta_batch_size: episodes per update, 8 as in the paper's code.
+    The paper's label smoothing (0.1) is not applied: every algorithm here trains on the suite's loss.
+    """
+
+    C_reg: float = 0.1
+    max_iters: int = 15
+    learn_scale: bool = True
+    meta_lr: float = 0.001
+    meta_batch_size: int = 8
+
+    def __post_init__(self) -> None:
+        check_ranges(self, at_least_one=("max_iters", "meta_batch_size"), positive=("C_reg", "meta_lr"))
+
+
+# --- the shared outer loop ------------------------------------------------------------------------
+
+
+class _TaskLoop(Algorithm):
+    """Meta-training as learn2learn's examples write it: for each task of the meta-batch, compute its
+    query loss and back-propagate loss / n at once (so one task's graph is alive at a time), then one
+    Adam step on the accumulated gradient, the mean over tasks as for the native algorithms."""
+
+    def _make_optimizer(self) -> None:
+        self.optimizer = torch.optim.Adam(self.meta_parameters().values(), lr=self.hparams.meta_lr)
+
+    @abc.abstractmethod
+    def task_loss(self, sx: Tensor, sy: Tensor, qx: Tensor, qy: Tensor) -> Tensor:
+        """One task's query loss after adapting to its support set (differentiable)."""
+
+    def _accumulate(self, batch: TaskBatch) -> float:
+        total = torch.zeros((), device=batch.support_x.device)
+        n = batch.num_tasks
+        for i in range(n):
+            loss = self.task_loss(batch.support_x[i], batch.support_y[i], batch.query_x[i], batch.query_y[i])
+            (loss / n).backward()
+            total = total + loss.detach()
+        return float(total) / n
+
+    def meta_gradient(self, batch: TaskBatch) -> tuple[float, Params]:
+        """(meta-loss, d meta-loss / d meta-parameters) on `batch`, without an optimiser step."""
+        params = self.meta_parameters()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss = self._accumulate(batch)
+        grads = {name: p.grad if p.grad is not None else torch.zeros_like(p) for name, p in params.items()}
+        self.optimizer.zero_grad(set_to_none=True)
+        return loss, grads
+
+    def meta_train_step(self, batch: TaskBatch) -> float:
+        self.optimizer.zero_grad(set_to_none=True)
+        loss = self._accumulate(batch)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return loss
+
+
+def _snapshot(module: nn.Module) -> Params:
+    """A detached parameter dict of a learn2learn learner's module (its updated tensors, by name)."""
+    return {name: tensor.detach() for name, tensor in module.named_parameters()}
+
+
+class L2LMAML(_TaskLoop):
+    """MAML / first-order MAML with `learn2learn.algorithms.MAML`: per task `clone()`, `adapt()` on the
+    support loss `inner_steps` times, query loss. States are parameter dicts, named as in the model."""
+
+    def __init__(self, hparams: L2LMAMLHparams, model: nn.Module, suite: TaskSuite, backend: Any) -> None:
+        super().__init__(hparams, model, suite, backend)
+        l2l = import_learn2learn()
+        self.model = model.to(self.device)
+        self.learner = l2l.algorithms.MAML(self.model, lr=hparams.inner_lr, first_order=hparams.first_order)
+        self._make_optimizer()
+
+    def task_loss(self, sx: Tensor, sy: Tensor, qx: Tensor, qy: Tensor) -> Tensor:
+        learner = self.learner.clone()
+        for _ in range(self.hparams.inner_steps):
+            learner.adapt(self.suite.loss(learner(sx), sy))
+        return self.suite.loss(learner(qx), qy)
+
+    def adapt(self, support_x: Tensor, support_y: Tensor, steps: int) -> list[Params]:
+        """Parameters after 0..steps first-order `adapt()` calls (test time needs no second order);
+        gradients are enabled inside, so it works under the caller's `torch.no_grad()`."""
+        with torch.enable_grad():
+            learner = self.learner.clone(first_order=True)
+            states = [_snapshot(learner.module)]
+            for _ in range(steps):
+                learner.adapt(self.suite.loss(learner(support_x), support_y))
+                states.append(_snapshot(learner.module))
+        return states
+
+    def predict(self, state: Params, x: Tensor) -> Tensor:
+        return functional_call(self.model, state, (x,))
+
+    def meta_parameters(self) -> Params:
+        return dict(self.model.named_parameters())
+
+
+class L2LMetaSGD(_TaskLoop):
+    """Meta-SGD with `learn2learn.algorithms.MetaSGD`, its learning rates drawn as the native one draws
+    them; meta-parameters are the weights and `alpha.<name>` (learn2learn's `lrs`)."""
+
+    def __init__(self, hparams: L2LMetaSGDHparams, model: nn.Module, suite: TaskSuite, backend: Any) -> None:
+        super().__init__(hparams, model, suite, backend)
+        l2l = import_learn2learn()
+        self.model = model.to(self.device)
+        low, high = hparams.alpha_init
+        lrs = nn.ParameterList(
+            nn.Parameter(low + (high - low) * torch.rand(p.shape, dtype=p.dtype).to(self.device))
+            for p in self.model.parameters()
+        )
+        self.learner = l2l.algorithms.MetaSGD(self.model, lrs=lrs)
+        self._make_optimizer()
+
+    def task_loss(self, sx: Tensor, sy: Tensor, qx: Tensor, qy: Tensor) -> Tensor:
+        learner = self.learner.clone()
+        for _ in range(self.hparams.inner_steps):
+            learner.adapt(self.suite.loss(learner(sx), sy))
+        return self.suite.loss(learner(qx), qy)
+
+    def adapt(self, support_x: Tensor, support_y: Tensor, steps: int) -> list[Params]:
+        """Parameters after 0..steps learned-rate steps (first order: nothing is differentiated later)."""
+        with torch.enable_grad():
+            learner = self.learner.clone()
+            states = [_snapshot(learner.module)]
+            for _ in range(steps):
+                learner.adapt(self.suite.loss(learner(support_x), support_y), first_order=True)
+                states.append(_snapshot(learner.module))
+        return states
+
+    def predict(self, state: Params, x: Tensor) -> Tensor:
+        return functional_call(self.model, state, (x,))
+
+    def meta_parameters(self) -> Params:
+        names = [name for name, _ in self.model.named_parameters()]
+        return {**dict(self.model.named_parameters()),
+                **{ALPHA_PREFIX + name: lr for name, lr in zip(names, self.learner.lrs)}}
+
+
+class L2LANIL(_TaskLoop):
+    """ANIL as learn2learn's examples build it: `MAML` wrapped around the final Linear head only, the
+    body trained by the outer loop; support and query features are computed once per task."""
+
+    def __init__(self, hparams: L2LANILHparams, model: nn.Module, suite: TaskSuite, backend: Any) -> None:
+        super().__init__(hparams, model, suite, backend)
+        l2l = import_learn2learn()
+        self.body, head = split_classifier(model, "l2l-anil", "head (the only layer its inner loop adapts)")
+        self.model = model.to(self.device)
+        self.head_prefix = f"{len(model) - 1}."
+        self.head = l2l.algorithms.MAML(head, lr=hparams.inner_lr, first_order=hparams.first_order)
+        self._make_optimizer()
+
+    def task_loss(self, sx: Tensor, sy: Tensor, qx: Tensor, qy: Tensor) -> Tensor:
+        support, query = self.body(sx), self.body(qx)
+        learner = self.head.clone()
+        for _ in range(self.hparams.inner_steps):
+            learner.adapt(self.suite.loss(learner(support), sy))
+        return self.suite.loss(learner(query), qy)
+
+    def adapt(self, support_x: Tensor, support_y: Tensor, steps: int) -> list[Params]:
+        """Full parameter dicts after 0..steps head steps; the body's tensors are shared by every state."""
+        body = {name: p.detach() for name, p in self.model.named_parameters()
+                if not name.startswith(self.head_prefix)}
+        with torch.no_grad():
+            features = self.body(support_x)
+        states = []
+        with torch.enable_grad():
+            learner = self.head.clone(first_order=True)
+            for step in range(steps + 1):
+                if step:
+                    learner.adapt(self.suite.loss(learner(features), support_y))
+                head = _snapshot(learner.module)
+                states.append({**body, **{self.head_prefix + name: t for name, t in head.items()}})
+        return states
+
+    def predict(self, state: Params, x: Tensor) -> Tensor:
+        return functional_call(self.model, state, (x,))
+
+    def meta_parameters(self) -> Params:
+        return dict(self.model.named_parameters())
+
+
+class L2LProtoNet(_TaskLoop):
+    """Prototypical Networks with `learn2learn.nn.PrototypicalClassifier` on the suite's embedding (the
+    model less its last Linear). A state is the classifier fitted on one task's support embeddings."""
+
+    def __init__(self, hparams: L2LProtoNetHparams, model: nn.Module, suite: TaskSuite, backend: Any) -> None:
+        super().__init__(hparams, model, suite, backend)
+        self.classifier_type = import_learn2learn().nn.PrototypicalClassifier
+        embedding, head = split_classifier(model, "l2l-protonet")
+        self.classes = head.out_features
+        self.embedding = embedding.to(self.device)
+        self.model = self.embedding
+        self._make_optimizer()
+
+    def _fit(self, support_x: Tensor, support_y: Tensor) -> nn.Module:
+        # learn2learn orders the prototypes by torch.unique(labels): logit k is class k only when every
+        # class 0..ways-1 is in the support set, which the harness's episodes guarantee; check it anyway.
+        present = torch.unique(support_y)
+        if present.numel() != self.classes or not torch.equal(present.cpu(), torch.arange(self.classes)):
+            raise ValueError(f"l2l-protonet needs every class 0..{self.classes - 1} in each support set; "
+                             f"got labels {present.tolist()}")
+        return self.classifier_type(support=self.embedding(support_x), labels=support_y,
+                                    distance=self.hparams.distance)
+
+    def task_loss(self, sx: Tensor, sy: Tensor, qx: Tensor, qy: Tensor) -> Tensor:
+        # Support and query are embedded apart, as at test time (batch norm uses batch statistics).
+        return self.suite.loss(self._fit(sx, sy)(self.embedding(qx)), qy)
+
+    def adapt(self, support_x: Tensor, support_y: Tensor, steps: int) -> list[nn.Module]:
+        """The fitted classifier, steps+1 times: prototypes have no inner steps to take."""
+        with torch.no_grad():
+            classifier = self._fit(support_x, support_y)
+        return [classifier] * (steps + 1)
+
+    def predict(self, state: nn.Module, x: Tensor) -> Tensor:
+        return state(self.embedding(x))
+
+    def meta_parameters(self) -> Params:
+        return dict(self.embedding.named_parameters())
+
+
+class MetaOptNet(_TaskLoop):
+    """MetaOptNet-SVM: learn2learn's `SVClassifier` (qpth QP) fitted per task on the suite's embedding
+    (the model less its last Linear), the query loss back-propagated through the QP's solution into
+    the embedding. A state is the classifier fitted on one task's support embeddings."""
+
+    def __init__(self, hparams: MetaOptNetHparams, model: nn.Module, suite: TaskSuite, backend: Any) -> None:
+        super().__init__(hparams, model, suite, backend)
+        self.classifier_type = import_learn2learn().nn.SVClassifier
+        embedding, head = split_classifier(model, "metaoptnet")
+        dtype = head.weight.dtype
+        if dtype != torch.float32:
+            # learn2learn builds the QP's constant matrices in float32, and qpth needs one dtype.
+            raise TypeError(f"metaoptnet needs a float32 model (learn2learn's SVClassifier builds its QP in "
+                            f"float32); the suite's model is {dtype}")
+        self.classes = head.out_features
+        self.embedding = embedding.to(self.device)
+        self.model = self.embedding
+        self.scale = nn.Parameter(torch.ones((), device=self.device)) if hparams.learn_scale else None
+        self._make_optimizer()
+
+    def _fit(self, support_x: Tensor, support_y: Tensor) -> nn.Module:
+        return self.classifier_type(support=self.embedding(support_x), labels=support_y, ways=self.classes,
+                                    C_reg=self.hparams.C_reg, max_iters=self.hparams.max_iters)
+
+    def _logits(self, classifier: nn.Module, x: Tensor) -> Tensor:
+        logits = classifier(self.embedding(x))
+        return logits if self.scale is None else self.scale * logits
+
+    def task_loss(self, sx: Tensor, sy: Tensor, qx: Tensor, qy: Tensor) -> Tensor:
+        return self.suite.loss(self._logits(self._fit(sx, sy), qx), qy)
+
+    def adapt(self, support_x: Tensor, support_y: Tensor, steps: int) -> list[nn.Module]:
+        """The SVM fitted on the support embeddings, steps+1 times (no gradient steps at test time)."""
+        with torch.no_grad():
+            classifier = self._fit(support_x, support_y)
+        return [classifier] * (steps + 1)
+
+    def predict(self, state: nn.Module, x: Tensor) -> Tensor:
+        return self._logits(state, x)
+
+    def meta_parameters(self) -> Params:
+        scale = {} if self.scale is None else {"scale": self.scale}
+        return {**dict(self.embedding.named_parameters()), **scale}
+
+
+_L2L_PAPER = ("Arnold, Mahajan, Datta, Bunner & Zarkias 2020, learn2learn: A Library for Meta-Learning "
+              "Research (arXiv:2008.12284)")
+
+
+@hookimpl
+def harness_register_algorithms() -> list[AlgorithmSpec]:
+    both, classification = frozenset({"regression", "classification"}), frozenset({"classification"})
+    needs = ("learn2learn",)
+    return [
+        AlgorithmSpec(
+            name="l2l-maml",
+            factory=L2LMAML,
+            hparams=L2LMAMLHparams,
+            task_kinds=both,
+            description="learn2learn's MAML (clone/adapt, second order), with the native maml's settings",
+            paper=f"{_L2L_PAPER}; Finn, Abbeel & Levine 2017 (ICML)",
+            second_order=True,
+            requires=needs,
+        ),
+        AlgorithmSpec(
+            name="l2l-fomaml",
+            factory=L2LMAML,
+            hparams=L2LFOMAMLHparams,
+            task_kinds=both,
+            description="learn2learn's MAML with first_order=True, with the native fomaml's settings",
+            paper=f"{_L2L_PAPER}; Finn, Abbeel & Levine 2017 (ICML), section 5.2",
+            requires=needs,
+        ),
+        AlgorithmSpec(
+            name="l2l-metasgd",
+            factory=L2LMetaSGD,
+            hparams=L2LMetaSGDHparams,
+            task_kinds=both,
+            description="learn2learn's MetaSGD (learned per-parameter step sizes); native metasgd's settings",
+            paper=f"{_L2L_PAPER}; Li, Zhou, Chen & Li 2017 (arXiv:1707.09835)",
+            second_order=True,
+            requires=needs,
+        ),
+        AlgorithmSpec(
+            name="l2l-anil",
+            factory=L2LANIL,
+            hparams=L2LANILHparams,
+            task_kinds=classification,
+            description="learn2learn's MAML around the final Linear head only (ANIL), native anil's settings",
+            paper=f"{_L2L_PAPER}; Raghu, Raghu, Bengio & Vinyals 2020 (ICLR)",
+            second_order=True,
+            requires=needs,
+        ),
+        AlgorithmSpec(
+            name="l2l-protonet",
+            factory=L2LProtoNet,
+            hparams=L2LProtoNetHparams,
+            task_kinds=classification,
+            description="learn2learn's PrototypicalClassifier on the embedding, native protonet's settings",
+            paper=f"{_L2L_PAPER}; Snell, Swersky & Zemel 2017 (NeurIPS)",
+            requires=needs,
+        ),
+        AlgorithmSpec(
+            name="metaoptnet",
+            factory=MetaOptNet,
+            hparams=MetaOptNetHparams,
+            task_kinds=classification,
+            description="MetaOptNet-SVM: learn2learn's SVClassifier (a qpth QP) on the embedding, end to end",
+            paper="Lee, Maji, Ravichandran & Soatto 2019, Meta-Learning with Differentiable Convex "
+                  "Optimization (CVPR)",
+            requires=("learn2learn", "qpth"),
+        ),
+    ]
