@@ -21,6 +21,9 @@ with a list of lists. Published numbers for a "reported" column in the leaderboa
     algorithm = "maml"
     suite = "sinusoid"
     value = "0.67 / 0.38 / 0.35"
+    config = { shots = 10 }   # optional: only cells whose suite configuration has these values
+
+A cell gets the value of the most specific entry (most `config` keys) that matches it.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import GridError, UsageError, unknown_name
-from harness.specs import Budget, Cell, is_sequence_field, resolve_params
+from harness.specs import Budget, Cell, is_sequence_field, params_dict, resolve_params
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -195,7 +198,7 @@ def load_grid(
         ):
             b_reg = registry.backend(backend)
             cell = Cell(a_name, tuple(sorted(a_cfg.items())), s_name, tuple(sorted(s_cfg.items())),
-                        b_reg.spec.name, seed, budget, grid.name, reported.get((a_name, s_name), ""))
+                        b_reg.spec.name, seed, budget, grid.name, _reported_for(reported, a_name, s_name, s_cfg, registry))
             if cell.id in seen:
                 first_index, first = seen[cell.id]
                 if first.budget != budget and not ({a_name, s_name} & added):
@@ -248,19 +251,47 @@ def _select(entries: list[tuple[str, dict]], wanted: Sequence[str]) -> list[tupl
     return kept + [(name, _ADDED) for name in wanted if name not in named]
 
 
-def _reported(value: Any, where: _Where, registry: Any) -> dict[tuple[str, str], str]:
-    """`[[reported]]` entries -> {(algorithm, suite): published value}."""
+_Reported = list[tuple[str, str, dict[str, Any], str]]
+
+
+def _reported(value: Any, where: _Where, registry: Any) -> _Reported:
+    """`[[reported]]` entries -> [(algorithm, suite, suite config subset, published value)]."""
     if not isinstance(value, list):
         raise where.error("reported", "must be an array of tables: [[reported]] algorithm = .., suite = .., value = ..")
-    out = {}
+    out: _Reported = []
     for entry in value:
-        if not isinstance(entry, dict) or set(entry) != {"algorithm", "suite", "value"}:
-            raise where.error("reported", f"each [[reported]] needs exactly algorithm, suite and value; got {entry!r}")
+        required = {"algorithm", "suite", "value"}
+        if not isinstance(entry, dict) or not required <= set(entry) <= required | {"config"}:
+            raise where.error("reported", "each [[reported]] needs algorithm, suite and value, and may have config "
+                              f"(a table of suite options); got {entry!r}")
         for key, table in (("algorithm", registry.algorithms), ("suite", registry.suites)):
             if entry[key] not in table:
                 raise where.error("reported", str(unknown_name(key, str(entry[key]), table)))
-        out[(entry["algorithm"], entry["suite"])] = str(entry["value"])
+        config = entry.get("config", {})
+        if not isinstance(config, dict):
+            raise where.error("reported", f"config must be a table of suite options, e.g. {{ ways = 5 }}; got {config!r}")
+        try:  # the same names, types and ranges as in a block
+            resolve_params(registry.suite(entry["suite"]).spec.config, config, f"suite {entry['suite']!r}")
+        except UsageError as exc:
+            raise where.error("reported", f"[[reported]] config: {exc}") from None
+        out.append((entry["algorithm"], entry["suite"], dict(config), str(entry["value"])))
     return out
+
+
+def _reported_for(reported: _Reported, algorithm: str, suite: str, s_cfg: Mapping[str, Any], registry: Any) -> str:
+    """The published value for a cell: the matching entry with the most config keys ('' when none).
+
+    An entry's config matches when each of its options equals the cell's resolved suite option, so
+    `{ ways = 5 }` matches a cell that leaves `ways` at a default of 5 too.
+    """
+    matches = [(a, s, cfg, v) for a, s, cfg, v in reported if (a, s) == (algorithm, suite)]
+    if not matches:
+        return ""
+    resolved = params_dict(resolve_params(registry.suite(suite).spec.config, dict(s_cfg), f"suite {suite!r}"))
+    fitting = [(len(cfg), v) for _, _, cfg, v in matches
+               if all(params_dict(resolve_params(registry.suite(suite).spec.config, cfg, ""))[k] == resolved[k]
+                      for k in cfg)]
+    return max(fitting, key=lambda item: item[0])[1] if fitting else ""
 
 
 def _check_keys(table: Mapping[str, Any], valid: set[str], where: _Where, place: str, after: int = 0) -> None:

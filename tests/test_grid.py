@@ -190,3 +190,24 @@ def test_suite_without_its_data_is_an_error_when_named_and_unavailable_under_a_w
     assert "omniglot" not in {c.suite for c in grid.cells} and "sinusoid" in {c.suite for c in grid.cells}
     (skipped,) = [s for s in grid.skipped if s.cell.suite == "omniglot"]
     assert skipped.status == "unavailable" and "HARNESS_DATA" in skipped.reason
+
+
+def test_reported_entries_tied_to_a_suite_configuration_pick_the_most_specific(registry, write_grid):
+    reported = "".join(
+        f'[[reported]]\nalgorithm = "maml"\nsuite = "sinusoid"\nvalue = "{value}"\n{config}\n'
+        for value, config in (("any K", ""), ("K=5", "config = { shots = 5 }"),
+                              ("K=5, 20 queries", "config = { shots = 5, query = 20 }")))
+    grid = load_grid(str(write_grid(SINUSOID_BLOCK + reported)), registry)
+    values = {(c.algorithm, dict(c.suite_config)["shots"]): c.reported for c in grid.cells}
+    assert values[("maml", 5)] == "K=5" and values[("maml", 10)] == "any K" and values[("reptile", 5)] == ""
+    # A configuration entry matches defaults it names: query = 10 is the sinusoid suite's default.
+    grid = load_grid(str(write_grid(SINUSOID_BLOCK + reported.replace("query = 20", "query = 10"))), registry)
+    assert {c.reported for c in grid.cells if c.algorithm == "maml" and dict(c.suite_config)["shots"] == 5} == {
+        "K=5, 20 queries"}
+
+
+def test_reported_config_with_an_unknown_option_is_an_error(registry, write_grid):
+    path = write_grid(SINUSOID_BLOCK + '[[reported]]\nalgorithm = "maml"\nsuite = "sinusoid"\nvalue = "1"\n'
+                      'config = { shotz = 5 }\n')
+    with pytest.raises(GridError, match=r"key 'reported'.*shotz.*Did you mean 'shots'"):
+        load_grid(str(path), registry)
