@@ -1,6 +1,6 @@
-"""Omniglot one-shot classification runs: the evaluation of Lake, Salakhutdinov & Tenenbaum (2015), "Human-level
-concept learning through probabilistic program induction", Science, applied to meta-learners trained on the
-Omniglot background set.
+"""Omniglot one-shot classification runs: the evaluation of Lake, Salakhutdinov & Tenenbaum (2015),
+"Human-level concept learning through probabilistic program induction", Science, applied to meta-learners
+trained on the Omniglot background set.
 
 The authors' test (folder `all_runs` of brendenlake/omniglot, python/one-shot-classification/) is twenty
 runs, each a 20-way 1-shot problem within one alphabet: `runNN/training/class01.png ... class20.png` hold one
@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from harness import TaskBatch, TaskSuite, TaskSuiteSpec, UsageError, hookimpl
+from harness import HarnessError, TaskBatch, TaskSuite, TaskSuiteSpec, UsageError, hookimpl
 from metaharness_plugins.suites.omniglot import (
     CACHE_ENV,
     DATA_ENV,
@@ -86,8 +86,9 @@ class OmniglotRunsConfig:
         if self.model == "conv4" and self.image_size < 16:  # four 2x2 max-pools leave nothing below 16
             raise ValueError(f"model 'conv4' needs image_size >= 16 (four 2x2 max-pools), got "
                              f"{self.image_size}; use model 'conv4-nopool' for smaller images")
-        if not self.archives or not all(isinstance(a, str) and a for a in self.archives):
-            raise ValueError(f"archives must be a non-empty list of zip file names, got {self.archives!r}")
+        if not self.archives or not all(isinstance(a, str) and a and "/" not in a for a in self.archives):
+            raise ValueError(f"archives must be a non-empty list of zip file names in the data folder, got "
+                             f"{self.archives!r}")
         if self.runs_dir is not None and (not isinstance(self.runs_dir, str) or not self.runs_dir):
             raise ValueError(f"runs_dir must be a folder path, got {self.runs_dir!r}")
         if not all(isinstance(a, str) and a for a in self.val_alphabets):
@@ -199,26 +200,30 @@ def find_runs_dir(cfg: OmniglotRunsConfig) -> Path:
 
 
 def find_archives(cfg: OmniglotRunsConfig) -> Path:
-    """The folder holding the background archives of `cfg`, found as the omniglot suite finds its own."""
-    return find_data_root(OmniglotConfig(archives=cfg.archives, data_root=cfg.data_root))
+    """The folder holding the background archives of `cfg`, found (official ones fetched when missing) as
+    the omniglot suite finds its own."""
+    try:
+        omniglot = OmniglotConfig(archives=cfg.archives, data_root=cfg.data_root)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    return find_data_root(omniglot)
 
 
 def check_runs(cfg: OmniglotRunsConfig) -> str:
     """'' when the runs and the archives are where `cfg` says and the runs are well formed, else why not
     (the grid calls this before any cell runs; it reads the label files, no image)."""
     reasons = []
-    try:
-        read_runs(find_runs_dir(cfg))
-    except UsageError as exc:
-        reasons.append(str(exc))
-    try:
-        find_archives(cfg)
-    except UsageError as exc:
-        reasons.append(str(exc))
+    for check in (lambda: read_runs(find_runs_dir(cfg)), lambda: find_archives(cfg)):
+        try:
+            check()
+        except HarnessError as exc:  # a usage error, or a download of an official archive that failed
+            reasons.append(str(exc))
     return "; ".join(reasons)
 
 
-def background_splits(alphabets: Sequence[str], val_alphabets: Sequence[str] = ()) -> dict[str, tuple[str, ...]]:
+def background_splits(
+    alphabets: Sequence[str], val_alphabets: Sequence[str] = ()
+) -> dict[str, tuple[str, ...]]:
     """Meta-training and validation alphabets of the background archives: `val_alphabets` when given, else
     those at sorted positions i % 5 == 4 (a pure function of the set of names). Every alphabet not held out
     meta-trains, since the runs are the test set. Small set 1 alone gives val = Latin (26 characters); both
@@ -235,7 +240,8 @@ def background_splits(alphabets: Sequence[str], val_alphabets: Sequence[str] = (
     if held_out == set(names):
         raise UsageError(f"val_alphabets holds every alphabet of the archives ({', '.join(names)}); "
                          "leave some for meta-training")
-    return {"train": tuple(n for n in names if n not in held_out), "val": tuple(n for n in names if n in held_out)}
+    return {"train": tuple(n for n in names if n not in held_out),
+            "val": tuple(n for n in names if n in held_out)}
 
 
 def conv4(image_size: int, ways: int, pool: bool = True) -> nn.Sequential:
@@ -269,8 +275,8 @@ class OmniglotRunsSuite(TaskSuite):
         self.alphabets = background_splits([a for a, _ in self.data.characters], cfg.val_alphabets)
         drawings = self.data.images.shape[1]
         if 1 + cfg.query > drawings:
-            raise UsageError(f"1 shot + query = 1 + {cfg.query} images per class, but each Omniglot character "
-                             f"has {drawings} drawings")
+            raise UsageError(f"1 shot + query = 1 + {cfg.query} images per class, but each Omniglot "
+                             f"character has {drawings} drawings")
         # A class is (character, quarter turns); rotated copies are classes of the train split only.
         self.classes: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         for split, names in self.alphabets.items():
@@ -279,9 +285,9 @@ class OmniglotRunsSuite(TaskSuite):
             turns = 4 if cfg.rotations and split == "train" else 1
             self.classes[split] = (chars.repeat(turns), torch.arange(turns).repeat_interleave(len(chars)))
             if len(chars) * turns < WAYS:
-                raise UsageError(f"{WAYS}-way episodes need {WAYS} classes, but the {split} split (alphabets: "
-                                 f"{', '.join(names) or 'none'}) has {len(chars) * turns}; choose held-out "
-                                 "alphabets with the option val_alphabets")
+                raise UsageError(f"{WAYS}-way episodes need {WAYS} classes, but the {split} split "
+                                 f"(alphabets: {', '.join(names) or 'none'}) has {len(chars) * turns}; "
+                                 "choose held-out alphabets with the option val_alphabets")
         self.run_support, self.run_query = self._decode_runs()  # uint8 [runs, 20, H, W], 255 = ink
         self.run_labels = torch.tensor([run.labels for run in self.runs], dtype=torch.int64)
         self._check_unseen()
@@ -309,11 +315,13 @@ class OmniglotRunsSuite(TaskSuite):
         _, inverse = torch.unique(torch.cat([archive, runs]), dim=0, return_inverse=True)
         shared = torch.isin(inverse[len(archive):], inverse[: len(archive)]).view(len(self.runs), -1)
         if bool(shared.any()):
-            names = [run.folder.name for run, hit in zip(self.runs, shared.any(dim=1).tolist()) if hit]
-            raise UsageError(f"{int(shared.sum())} of the {shared.numel()} images of the runs in {self.runs_dir} "
-                             f"(in {', '.join(names[:5])}{' ...' if len(names) > 5 else ''}) are drawings in the "
-                             f"meta-training archives {', '.join(self.config.archives)}; the runs must come from "
-                             "other alphabets (the authors' from images_evaluation)")
+            hits = shared.any(dim=1).tolist()
+            names = [run.folder.name for run, hit in zip(self.runs, hits, strict=True) if hit]
+            where = ", ".join(names[:5]) + (" ..." if len(names) > 5 else "")
+            raise UsageError(f"{int(shared.sum())} of the {shared.numel()} images of the runs in "
+                             f"{self.runs_dir} (in {where}) are drawings in the meta-training archives "
+                             f"{', '.join(self.config.archives)}; the runs must come from other alphabets "
+                             "(the authors' from images_evaluation)")
 
     def _episodes(self, runs: torch.Tensor) -> TaskBatch:
         """The runs at indices `runs` as episodes: the 20 training images as support (label k for
@@ -392,7 +400,8 @@ class OmniglotRunsSuite(TaskSuite):
             characters = int(self.classes[split][0].unique().numel())
             splits[split] = {"alphabets": list(names), "characters": characters,
                              "classes": len(self.classes[split][0])}
-        splits["test"] = {"runs": len(self.runs), "runs_dir": str(self.runs_dir), "runs_sha256": digest.hexdigest()}
+        splits["test"] = {"runs": len(self.runs), "runs_dir": str(self.runs_dir),
+                          "runs_sha256": digest.hexdigest()}
         import PIL
 
         return {
@@ -411,8 +420,8 @@ def harness_register_task_suites() -> list[TaskSuiteSpec]:
             factory=OmniglotRunsSuite,
             config=OmniglotRunsConfig,
             task_kind="classification",
-            description="Lake et al.'s 20-way 1-shot Omniglot runs (runs_dir), after meta-training on background "
-                        "alphabets; error rate",
+            description="Lake et al.'s 20-way 1-shot Omniglot runs (runs_dir), after meta-training on "
+                        "background alphabets; error rate",
             paper="Lake, Salakhutdinov & Tenenbaum 2015 (one-shot classification runs)",
             requires=("PIL",),
             check=check_runs,

@@ -16,6 +16,10 @@ import torch
 from torch import nn
 
 pytest.importorskip("PIL", reason="the Omniglot suites decode PNG with Pillow (pip install pillow)")
+from PIL import Image  # noqa: E402
+
+from harness import UsageError  # noqa: E402
+from harness.grid import load_grid  # noqa: E402
 from metaharness_plugins.suites.omniglot_runs import (  # noqa: E402
     OmniglotRunsConfig,
     OmniglotRunsSuite,
@@ -24,10 +28,6 @@ from metaharness_plugins.suites.omniglot_runs import (  # noqa: E402
     parse_class_labels,
     read_runs,
 )
-from PIL import Image  # noqa: E402
-
-from harness import UsageError  # noqa: E402
-from harness.grid import load_grid  # noqa: E402
 from tests.conftest import run_cli  # noqa: E402
 from tests.fixtures.omniglot_runs import RunTruth, write_runs  # noqa: E402
 from tests.plugins.helpers import DATA, require_omniglot  # noqa: E402
@@ -36,6 +36,11 @@ from tests.plugins.helpers import DATA, require_omniglot  # noqa: E402
 #: the third, has 17 characters: too few for a 20-way run).
 TRAIN_ARCHIVE, RUNS_ARCHIVE = "images_background_small1.zip", "images_background_small2.zip"
 RUN_ALPHABETS = ("Japanese_(katakana)", "Sanskrit")
+
+
+def png_names(stem: str) -> list[str]:
+    """classNN.png or itemNN.png for NN = 01 ... 20, the files of a run's training or test folder."""
+    return [f"{stem}{k:02d}.png" for k in range(1, 21)]
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +58,8 @@ def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def config(runs_dir: Path, cache_dir: Path, **options: object) -> OmniglotRunsConfig:
     options = {"archives": (TRAIN_ARCHIVE,), **options}
-    return OmniglotRunsConfig(runs_dir=str(runs_dir), data_root=str(DATA), cache_dir=str(cache_dir), **options)
+    return OmniglotRunsConfig(runs_dir=str(runs_dir), data_root=str(DATA), cache_dir=str(cache_dir),
+                              **options)
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +69,9 @@ def suite(runs: tuple[Path, list[RunTruth]], cache_dir: Path) -> OmniglotRunsSui
 
 def decode_member(member: str) -> torch.Tensor:
     """A drawing of the archive decoded independently of the suite: 28 x 28 LANCZOS, ink = 1."""
-    with zipfile.ZipFile(DATA / RUNS_ARCHIVE) as archive, Image.open(io.BytesIO(archive.read(member))) as image:
+    with zipfile.ZipFile(DATA / RUNS_ARCHIVE) as archive:
+        data = archive.read(member)
+    with Image.open(io.BytesIO(data)) as image:
         small = image.convert("L").resize((28, 28), Image.Resampling.LANCZOS)
     return 1 - torch.frombuffer(bytearray(small.tobytes()), dtype=torch.uint8).view(28, 28).float() / 255
 
@@ -83,14 +91,15 @@ def test_fixture_writes_the_authors_format(runs: tuple[Path, list[RunTruth]], tm
     for number, truth in enumerate(truths, start=1):
         run = folder / f"run{number:02d}"
         assert sorted(p.name for p in run.iterdir()) == ["class_labels.txt", "test", "training"]
-        assert sorted(p.name for p in (run / "training").iterdir()) == [f"class{k:02d}.png" for k in range(1, 21)]
-        assert sorted(p.name for p in (run / "test").iterdir()) == [f"item{k:02d}.png" for k in range(1, 21)]
+        assert sorted(p.name for p in (run / "training").iterdir()) == png_names("class")
+        assert sorted(p.name for p in (run / "test").iterdir()) == png_names("item")
         with Image.open(run / "test" / "item01.png") as image:
             assert image.size == (105, 105) and image.format == "PNG"
         with zipfile.ZipFile(DATA / RUNS_ARCHIVE) as archive:  # the archive's own bytes
             assert (run / "training" / "class01.png").read_bytes() == archive.read(truth.classes[0])
         lines = (run / "class_labels.txt").read_text().splitlines()
-        assert lines[0] == f"run{number:02d}/test/item01.png run{number:02d}/training/class{truth.labels[0] + 1:02d}.png"
+        run_name, first_class = f"run{number:02d}", truth.labels[0] + 1
+        assert lines[0] == f"{run_name}/test/item01.png {run_name}/training/class{first_class:02d}.png"
         # One alphabet per run, unseen by meta-training; two different drawers; every class tested once.
         assert {character(m)[0] for m in truth.classes + truth.items} == {truth.alphabet}
         assert truth.alphabet in RUN_ALPHABETS and truth.alphabet not in seen_in_training
@@ -141,7 +150,8 @@ def _break(folder: Path, how: str) -> None:
     elif how == "no class image":
         (folder / "run02" / "training" / "class07.png").unlink()
     elif how == "extra class image":
-        shutil.copy(folder / "run02" / "training" / "class01.png", folder / "run02" / "training" / "class21.png")
+        training = folder / "run02" / "training"
+        shutil.copy(training / "class01.png", training / "class21.png")
     elif how == "one field":
         _edit_line(labels, 3, "run05/test/item03.png")
     elif how == "item number out of range":
@@ -163,20 +173,21 @@ def _break(folder: Path, how: str) -> None:
             shutil.rmtree(run)
 
 
+LABELS = r"run05/class_labels\.txt"
 BROKEN = [
     ("no labels file", r"run04/class_labels\.txt is missing; every run folder needs its class_labels\.txt"),
-    ("no class image", r"run02/training/class07\.png is missing \(1 of training/class01\.png \.\.\. class20\.png"),
+    ("no class image", r"run02/training/class07\.png is missing \(1 of training/class01\.png \.\.\. class20"),
     ("extra class image", r"run02/training holds class21\.png; a run is 20-way"),
-    ("one field", r"run05/class_labels\.txt:3: expected 'run05/test/itemNN\.png run05/training/classNN\.png'"),
-    ("item number out of range", r"run05/class_labels\.txt:4: expected .* got 'run05/test/item21\.png"),
-    ("pair across runs", r"run05/class_labels\.txt:2: pairs run05/test/item02\.png with run06/training/class02\.png;"
-                         r" both must be in run05"),
-    ("duplicate class", r"run05/class_labels\.txt:5: class\d\d\.png is paired again \(first on line 1\); every "
-                        r"class is used exactly once"),
-    ("duplicate item", r"run05/class_labels\.txt:6: test image item01\.png is paired again \(first on line 1\)"),
-    ("missing line", r"run05/class_labels\.txt: 19 lines; a 20-way run needs 20, one per test image \(no line "
-                     r"for item20\.png\)"),
-    ("blank line", r"run05/class_labels\.txt:21: expected .* got ''"),
+    ("one field", LABELS + r":3: expected 'run05/test/itemNN\.png run05/training/classNN\.png'"),
+    ("item number out of range", LABELS + r":4: expected .* got 'run05/test/item21\.png"),
+    ("pair across runs", LABELS + r":2: pairs run05/test/item02\.png with run06/training/class02\.png; "
+                                  r"both must be in run05"),
+    ("duplicate class", LABELS + r":5: class\d\d\.png is paired again \(first on line 1\); every class is "
+                                 r"used exactly once"),
+    ("duplicate item", LABELS + r":6: test image item01\.png is paired again \(first on line 1\)"),
+    ("missing line", LABELS + r": 19 lines; a 20-way run needs 20, one per test image \(no line for "
+                              r"item20\.png\)"),
+    ("blank line", LABELS + r":21: expected .* got ''"),
     ("gap in runs", r"must be numbered run01, run02, \.\.\. without gaps; found run01, .*, run19, run21"),
     ("no runs", r"holds no run folders; expected run01 \.\.\. run20"),
 ]
@@ -200,32 +211,38 @@ def test_a_grid_naming_broken_runs_fails_before_any_cell(
 ) -> None:
     folder = Path(shutil.copytree(runs[0], tmp_path / "all_runs"))
     _break(folder, "pair across runs")
-    grid = write_grid(f'[[block]]\nalgorithms = ["protonet"]\nsuites = [{{ name = "omniglot-runs", runs_dir = '
-                      f'"{folder.as_posix()}", archives = ["{TRAIN_ARCHIVE}"] }}]\n')
-    with pytest.raises(UsageError, match=r"suite 'omniglot-runs' cannot run here: .*run05/class_labels\.txt:2: "
-                       r"pairs run05/test/item02\.png with run06/training/class02\.png"):
+    grid = write_grid(f'[[block]]\nalgorithms = ["protonet"]\nsuites = [{{ name = "omniglot-runs", '
+                      f'runs_dir = "{folder.as_posix()}", archives = ["{TRAIN_ARCHIVE}"] }}]\n')
+    with pytest.raises(UsageError, match=r"suite 'omniglot-runs' cannot run here: .*run05/class_labels\.txt:"
+                       r"2: pairs run05/test/item02\.png with run06/training/class02\.png"):
         load_grid(str(grid), registry)
 
 
-def test_missing_runs_dir_names_the_option_and_the_layout(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_missing_runs_dir_names_the_option_and_the_layout(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     require_omniglot()
     reason = check_runs(OmniglotRunsConfig(data_root=str(DATA)))
     assert reason.startswith("no Omniglot one-shot runs: set the suite option runs_dir to the folder holding "
                              "run01 ... run20")
     assert "class_labels.txt" in reason and str(DATA / "all_runs") in reason
-    assert "is not a folder" in check_runs(OmniglotRunsConfig(runs_dir=str(tmp_path / "nowhere"), data_root=str(DATA)))
+    nowhere = OmniglotRunsConfig(runs_dir=str(tmp_path / "nowhere"), data_root=str(DATA))
+    assert check_runs(nowhere).startswith(f"runs_dir {tmp_path / 'nowhere'} is not a folder")
     monkeypatch.delenv("HARNESS_DATA", raising=False)
     assert "$HARNESS_DATA/omniglot/all_runs, needs $HARNESS_DATA" in check_runs(OmniglotRunsConfig())
     # `all_runs` beside the archives is the default.
     (tmp_path / "data" / "all_runs" / "run01").mkdir(parents=True)
-    assert "run01/training/class01.png is missing" in check_runs(OmniglotRunsConfig(data_root=str(tmp_path / "data")))
+    beside = OmniglotRunsConfig(data_root=str(tmp_path / "data"))
+    assert "data/all_runs/run01/training/class01.png is missing" in check_runs(beside)
 
 
 def test_harness_run_without_runs_dir_is_a_usage_error(tmp_path: Path) -> None:
     out = run_cli("run", "--suite", "omniglot-runs", "--backend", "cpu", cwd=tmp_path)
     assert out.returncode == 2, out.stdout + out.stderr
-    assert "suite 'omniglot-runs' cannot run here: no Omniglot one-shot runs: set the suite option runs_dir" in out.stderr
-    assert "training/class01.png ... class20.png, test/item01.png ... item20.png and class_labels.txt" in out.stderr
+    assert ("suite 'omniglot-runs' cannot run here: no Omniglot one-shot runs: set the suite option "
+            "runs_dir") in out.stderr
+    layout = "training/class01.png ... class20.png, test/item01.png ... item20.png and class_labels.txt"
+    assert layout in out.stderr
     assert not (tmp_path / "results").exists()
 
 
@@ -237,6 +254,7 @@ def test_harness_run_without_runs_dir_is_a_usage_error(tmp_path: Path) -> None:
         ({"model": "resnet12"}, "model must be one of conv4, conv4-nopool, got 'resnet12'"),
         ({"runs_dir": ""}, "runs_dir must be a folder path, got ''"),
         ({"archives": ()}, "archives must be a non-empty list of zip file names"),
+        ({"archives": ("../images_background.zip",)}, "zip file names in the data folder"),
     ],
 )
 def test_config_rejects_impossible_settings(options: dict, message: str) -> None:
@@ -244,7 +262,9 @@ def test_config_rejects_impossible_settings(options: dict, message: str) -> None
         OmniglotRunsConfig(**options)
 
 
-def test_undecodable_image_is_named(runs: tuple[Path, list[RunTruth]], cache_dir: Path, tmp_path: Path) -> None:
+def test_undecodable_image_is_named(
+    runs: tuple[Path, list[RunTruth]], cache_dir: Path, tmp_path: Path
+) -> None:
     folder = Path(shutil.copytree(runs[0], tmp_path / "all_runs"))
     (folder / "run07" / "test" / "item11.png").write_bytes(b"not a png")
     with pytest.raises(UsageError, match=r"cannot decode .*run07/test/item11\.png: UnidentifiedImageError"):
@@ -254,9 +274,9 @@ def test_undecodable_image_is_named(runs: tuple[Path, list[RunTruth]], cache_dir
 def test_runs_drawn_from_the_meta_training_archives_are_refused(
     runs: tuple[Path, list[RunTruth]], cache_dir: Path
 ) -> None:
-    with pytest.raises(UsageError, match=r"800 of the 800 images of the runs in .* \(in run01, run02, run03, run04, "
-                       r"run05 \.\.\.\) are drawings in the meta-training archives images_background_small1\.zip, "
-                       r"images_background_small2\.zip"):
+    with pytest.raises(UsageError, match=r"800 of the 800 images of the runs in .* \(in run01, run02, run03, "
+                       r"run04, run05 \.\.\.\) are drawings in the meta-training archives "
+                       r"images_background_small1\.zip, images_background_small2\.zip"):
         OmniglotRunsSuite(config(runs[0], cache_dir, archives=(TRAIN_ARCHIVE, RUNS_ARCHIVE)))
 
 
@@ -271,7 +291,7 @@ def test_test_episodes_are_the_runs_as_class_labels_pairs_them(
     assert batch.support_x.shape == batch.query_x.shape == (20, 20, 1, 28, 28)
     assert batch.support_x.dtype == batch.query_x.dtype == torch.float32
     assert batch.support_y.dtype == batch.query_y.dtype == torch.int64
-    assert 0.0 <= float(batch.query_x.min()) and float(batch.query_x.max()) == 1.0
+    assert float(batch.query_x.min()) >= 0.0 and float(batch.query_x.max()) == 1.0
     assert float(batch.query_x.mean()) < 0.2  # inverted: the ink is bright, the background dark
     for r, truth in enumerate(runs[1]):
         assert batch.support_y[r].tolist() == list(range(20))  # classKK.png is label KK - 1
@@ -281,21 +301,26 @@ def test_test_episodes_are_the_runs_as_class_labels_pairs_them(
         for j in (0, 19):
             assert torch.allclose(batch.query_x[r, j, 0], decode_member(truth.items[j]), atol=1e-6)
         # The label of every query names the training image of the same character.
-        assert [character(truth.classes[int(k)]) for k in batch.query_y[r]] == [character(m) for m in truth.items]
+        named = [character(truth.classes[int(k)]) for k in batch.query_y[r]]
+        assert named == [character(m) for m in truth.items]
 
 
 def test_sampled_test_episodes_are_runs_in_random_order(suite: OmniglotRunsSuite) -> None:
     fixed = suite.fixed_episodes("test")
     drawn = suite.sample(25, torch.Generator().manual_seed(4), "test")
-    order = [next(r for r in range(20) if torch.equal(fixed.support_x[r], drawn.support_x[i])) for i in range(25)]
+    order = [next(r for r in range(20) if torch.equal(fixed.support_x[r], drawn.support_x[i]))
+             for i in range(25)]
     assert sorted(order[:20]) == list(range(20)) and order[:20] != list(range(20))  # each run once per pass
     assert all(torch.equal(drawn.query_y[i], fixed.query_y[order[i]]) for i in range(25))
 
 
 @pytest.mark.parametrize("split", ["train", "val"])
-def test_background_episodes_are_20_way_1_shot_from_their_alphabets(suite: OmniglotRunsSuite, split: str) -> None:
+def test_background_episodes_are_20_way_1_shot_from_their_alphabets(
+    suite: OmniglotRunsSuite, split: str
+) -> None:
     images = suite.data.images
-    lookup = {images[c, d].numpy().tobytes(): c for c in range(images.shape[0]) for d in range(images.shape[1])}
+    lookup = {images[c, d].numpy().tobytes(): c
+              for c in range(images.shape[0]) for d in range(images.shape[1])}
     batch = suite.sample(6, torch.Generator().manual_seed(2), split)
     assert batch.support_x.shape == (6, 20, 1, 28, 28) and batch.query_x.shape == (6, 300, 1, 28, 28)
     assert batch.support_y.tolist() == [list(range(20))] * 6
@@ -305,8 +330,10 @@ def test_background_episodes_are_20_way_1_shot_from_their_alphabets(suite: Omnig
         pixels = (torch.cat([batch.support_x[i], batch.query_x[i]]) * 255).round().to(torch.uint8)
         chars = [lookup[p[0].numpy().tobytes()] for p in pixels]
         labels = batch.support_y[i].tolist() + batch.query_y[i].tolist()
-        per_label = {label: {c for c, lab in zip(chars, labels) if lab == label} for label in range(20)}
-        assert all(len(c) == 1 for c in per_label.values()) and len(set(chars)) == 20
+        per_label: dict[int, set[int]] = {}
+        for c, label in zip(chars, labels, strict=True):
+            per_label.setdefault(label, set()).add(c)
+        assert all(len(c) == 1 for c in per_label.values()) and len(set(chars)) == 20  # 20 characters
         assert {suite.data.characters[c][0] for c in chars} <= alphabets
     again = suite.sample(6, torch.Generator().manual_seed(2), split)
     assert torch.equal(again.query_x, batch.query_x)
@@ -314,18 +341,21 @@ def test_background_episodes_are_20_way_1_shot_from_their_alphabets(suite: Omnig
 
 def test_background_splits() -> None:
     small1 = ["Balinese", "Early_Aramaic", "Greek", "Korean", "Latin"]
-    assert background_splits(small1) == {"train": ("Balinese", "Early_Aramaic", "Greek", "Korean"), "val": ("Latin",)}
-    both = small1 + ["Japanese_(katakana)", "Sanskrit", "Tagalog"]
+    assert background_splits(small1) == {"train": ("Balinese", "Early_Aramaic", "Greek", "Korean"),
+                                         "val": ("Latin",)}
+    both = [*small1, "Japanese_(katakana)", "Sanskrit", "Tagalog"]
     assert background_splits(list(reversed(both)))["val"] == ("Korean",)  # order does not matter
     assert background_splits(both, ["Korean", "Tagalog"])["val"] == ("Korean", "Tagalog")
     assert len(background_splits([f"A{i:02d}" for i in range(30)])["val"]) == 6
-    with pytest.raises(UsageError, match="val_alphabets names Klingon, not in the archives; they hold Balinese"):
+    with pytest.raises(UsageError, match="val_alphabets names Klingon, not in the archives; they hold Bali"):
         background_splits(small1, ["Klingon"])
     with pytest.raises(UsageError, match="val_alphabets holds every alphabet"):
         background_splits(small1, small1)
 
 
-def test_too_few_validation_characters_or_drawings(runs: tuple[Path, list[RunTruth]], cache_dir: Path) -> None:
+def test_too_few_validation_characters_or_drawings(
+    runs: tuple[Path, list[RunTruth]], cache_dir: Path
+) -> None:
     with pytest.raises(UsageError, match=r"20-way episodes need 20 classes, but the val split \(alphabets: "
                        r"Tagalog\) has 17; choose held-out alphabets with the option val_alphabets"):
         OmniglotRunsSuite(config(runs[0], cache_dir, archives=(RUNS_ARCHIVE,), val_alphabets=("Tagalog",)))
@@ -344,17 +374,19 @@ def test_model_metric_and_registration(suite: OmniglotRunsSuite, registry) -> No
     torch.manual_seed(0)
     model = suite.build_model()
     convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
-    assert [(c.out_channels, c.kernel_size) for c in convs] == [(64, (3, 3))] * 4 and list(model.buffers()) == []
+    assert [(c.out_channels, c.kernel_size) for c in convs] == [(64, (3, 3))] * 4
+    assert list(model.buffers()) == []  # batch statistics only, as the omniglot suite's conv4
     assert (model[-1].in_features, model[-1].out_features) == (64, 20)
     assert model(suite.fixed_episodes("test").query_x[0]).shape == (20, 20)
     logits = torch.tensor([[2.0, 0.0, 0.0], [0.0, 3.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 5.0]])
     target = torch.tensor([0, 1, 2, 1])
-    assert float(suite.metric(logits, target)) == pytest.approx(0.5) and suite.metric(logits, target).shape == ()
+    assert suite.metric(logits, target).shape == ()
+    assert float(suite.metric(logits, target)) == pytest.approx(0.5)  # two of four wrong
     assert float(suite.metric(logits, torch.tensor([0, 1, 0, 2]))) == 0.0
     assert float(suite.loss(logits, target)) == pytest.approx(float(nn.CrossEntropyLoss()(logits, target)))
     assert (suite.kind, suite.metric_name, suite.higher_is_better) == ("classification", "error_rate", False)
     spec = registry.suite("omniglot-runs").spec
-    assert (spec.config, spec.task_kind, spec.check.__name__) == (OmniglotRunsConfig, "classification", "check_runs")
+    assert (spec.config, spec.task_kind, spec.check) == (OmniglotRunsConfig, "classification", check_runs)
     described = suite.describe()["splits"]
     assert described["test"]["runs"] == 20 and len(described["test"]["runs_sha256"]) == 64
     assert described["val"] == {"alphabets": ["Latin"], "characters": 26, "classes": 26}
@@ -368,10 +400,11 @@ def test_harness_run_meta_trains_and_scores_the_runs(
 ) -> None:
     """40 ProtoNet episodes (20-way 1-shot, 2 queries per class, meta_lr 0.003) on small set 1 take the
     runs' error rate from 0.80 (untrained conv4 prototypes; chance is 0.95) to about 0.6, in about 15 s."""
+    suite = f'name = "omniglot-runs", runs_dir = "{runs[0].as_posix()}", archives = ["{TRAIN_ARCHIVE}"]'
     grid = write_grid(f"""
 [[block]]
 algorithms = [{{ name = "protonet", meta_lr = 0.003 }}]
-suites = [{{ name = "omniglot-runs", runs_dir = "{runs[0].as_posix()}", archives = ["{TRAIN_ARCHIVE}"], query = 2 }}]
+suites = [{{ {suite}, query = 2 }}]
 
 [budget]
 iterations = 40
