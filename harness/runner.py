@@ -19,6 +19,7 @@ import traceback
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
 import pluggy
@@ -89,7 +90,9 @@ def resolve_cell(cell: Cell, registry: Any) -> dict[str, Any]:
         "backend": b_reg.spec.version,
         "plugins": plugins,
     }
-    episode_key = (cell.suite, config["suite"]["config"], cell.budget.test_seed)
+    neutral = set(s_reg.spec.episode_neutral)
+    episode_config = {k: v for k, v in config["suite"]["config"].items() if k not in neutral}
+    episode_key = (cell.suite, episode_config, cell.budget.test_seed)
     seeds = {
         "base": cell.seed,
         "cell": stable_seed(cell.seed, cell.id),
@@ -167,9 +170,8 @@ def harness_run_cell(cell: Cell, context: CellContext) -> dict[str, Any]:
     model = suite.build_model().to(device)
     algo = context.algorithm_spec.factory(hparams=context.hparams, model=model, suite=suite, backend=backend)
     train_gen = torch.Generator().manual_seed(context.seeds["cell"])
-    val_batch, _ = episodes(suite, "val", budget.val_episodes, context.seeds["val"])
-    test_batch, test_fixed = episodes(suite, "test", budget.test_episodes, context.seeds["test"])
-    val_batch, test_batch = val_batch.to(device), test_batch.to(device)
+    val_batch = Episodes(suite, "val", budget.val_episodes, context.seeds["val"], device)
+    test_batch = Episodes(suite, "test", budget.test_episodes, context.seeds["test"], device)
     better = (lambda a, b: a > b) if suite.higher_is_better else (lambda a, b: a < b)
 
     warmup_n = min(MAX_WARMUP_ITERATIONS, budget.iterations // 10)
@@ -224,12 +226,14 @@ def harness_run_cell(cell: Cell, context: CellContext) -> dict[str, Any]:
     result = {
         "metric": {"name": suite.metric_name, "higher_is_better": suite.higher_is_better, "mean": mean,
                    "ci95": ci, "std": std, "n": len(per_step[-1]), "final_step": len(per_step) - 1,
-                   "per_step": summary, "episodes": "fixed" if test_fixed else "sampled"},
+                   "per_step": summary, "episodes": "fixed" if test_batch.fixed else "sampled"},
         "timings": {"meta_train_s": train_wall - warmup.total - val_s, "warmup_s": warmup.total,
                     "warmup_iterations": len(warmup.samples), "iterations": iteration, "stopped_by": stopped_by,
                     "validation_s": val_s, "time_per_iteration_s": steps.median if steps.samples else warmup.median,
                     "adapt_latency_s": latency.median, "test_s": test_s},
         "params": algo.num_parameters(),
+        # What the suite says about itself: data files and checksums, model, batch-norm mode, sampler.
+        "suite_info": portable_paths(suite.describe()),
         "curve": curve,
         "best": best,
     }
@@ -240,32 +244,86 @@ def harness_run_cell(cell: Cell, context: CellContext) -> dict[str, Any]:
     return result
 
 
-def episodes(suite: Any, split: str, n: int, seed: int) -> tuple[TaskBatch, bool]:
-    """(episodes of `split`, whether they are the suite's fixed set): every fixed episode the suite
-    declares (`TaskSuite.fixed_episodes`), whatever `n`, else `n` sampled with a generator seeded by
-    `seed`."""
-    fixed = suite.fixed_episodes(split)
-    if fixed is not None:
-        return fixed, True
-    return suite.sample(n, torch.Generator().manual_seed(seed), split), False
+def portable_paths(value: Any) -> Any:
+    """`value` with machine-specific path prefixes in its strings spelt portably: the data and cache
+    roots as `$HARNESS_DATA` / `$HARNESS_CACHE` and the home folder as `~`, so records can be published."""
+    if isinstance(value, dict):
+        return {k: portable_paths(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [portable_paths(v) for v in value]
+    if not isinstance(value, str):
+        return value
+    prefixes = [(os.environ.get(env, ""), f"${env}") for env in ("HARNESS_DATA", "HARNESS_CACHE")]
+    prefixes.append((str(Path.home()), "~"))
+    for prefix, name in prefixes:
+        prefix = prefix.rstrip("/")
+        if prefix and (value == prefix or value.startswith(prefix + "/")):
+            return name + value[len(prefix):]
+        real = os.path.realpath(prefix) if prefix else ""
+        if real and real != prefix and (value == real or value.startswith(real + "/")):
+            return name + value[len(real):]
+    return value
 
 
-def evaluate(algo: Any, batch: TaskBatch, steps: int, latency: Stopwatch | None = None) -> list[list[float]]:
+#: Validation or test episodes larger than this (as float tensors) are drawn and evaluated in chunks.
+EPISODE_CHUNK_BYTES = 256 << 20
+
+
+class Episodes:
+    """The validation or test episodes of a cell: the suite's fixed set (`TaskSuite.fixed_episodes`),
+    else `n` drawn with a generator seeded by `seed`.
+
+    Drawn episodes are held on the device as one batch when they fit in `EPISODE_CHUNK_BYTES` (600
+    sinusoid or Omniglot episodes do). Larger sets (600 mini-ImageNet episodes are about 4 GB) are drawn
+    again, chunk by chunk from the same generator stream, every time they are iterated: the same
+    episodes each time, never all in memory at once. The chunk size depends only on the suite's
+    episode size, so which episodes a cell sees depends only on (suite config, split, n, seed).
+    """
+
+    def __init__(self, suite: Any, split: str, n: int, seed: int, device: torch.device) -> None:
+        self.suite, self.split, self.n, self.seed, self.device = suite, split, n, seed, device
+        fixed = suite.fixed_episodes(split)
+        self.fixed = fixed is not None
+        self.held: TaskBatch | None = fixed.to(device) if fixed is not None else None
+        self.chunk = n
+        if fixed is None:
+            probe = suite.sample(1, torch.Generator().manual_seed(seed), split)
+            per_episode = sum(t.numel() * t.element_size() for t in
+                              (probe.support_x, probe.support_y, probe.query_x, probe.query_y))
+            self.chunk = max(1, min(n, EPISODE_CHUNK_BYTES // max(1, per_episode)))
+            if self.chunk == n:  # one draw of all n, exactly as a plain `sample(n, ...)`
+                self.held = suite.sample(n, torch.Generator().manual_seed(seed), split).to(device)
+
+    def __len__(self) -> int:
+        return self.held.num_tasks if self.held is not None else self.n
+
+    def __iter__(self) -> Iterator[TaskBatch]:
+        if self.held is not None:
+            yield self.held
+            return
+        generator = torch.Generator().manual_seed(self.seed)
+        for start in range(0, self.n, self.chunk):
+            yield self.suite.sample(min(self.chunk, self.n - start), generator, self.split).to(self.device)
+
+
+def evaluate(algo: Any, batches: TaskBatch | Episodes, steps: int, latency: Stopwatch | None = None
+             ) -> list[list[float]]:
     """Metric per test-time step (0..steps) per episode; `latency` times each episode's adaptation."""
     per_step: list[list[float]] = [[] for _ in range(steps + 1)]
-    for i in range(batch.num_tasks):
-        sx, sy, qx, qy = batch.support_x[i], batch.support_y[i], batch.query_x[i], batch.query_y[i]
-        if latency is not None:
-            with latency.region():
+    for batch in [batches] if isinstance(batches, TaskBatch) else batches:
+        for i in range(batch.num_tasks):
+            sx, sy, qx, qy = batch.support_x[i], batch.support_y[i], batch.query_x[i], batch.query_y[i]
+            if latency is not None:
+                with latency.region():
+                    states = algo.adapt(sx, sy, steps)
+            else:
                 states = algo.adapt(sx, sy, steps)
-        else:
-            states = algo.adapt(sx, sy, steps)
-        if len(states) != steps + 1:
-            raise RuntimeError(f"{type(algo).__name__}.adapt returned {len(states)} states for {steps} steps; "
-                               f"it must return steps + 1 (the state before adapting, then one per step)")
-        with torch.no_grad():
-            for step, state in enumerate(states):
-                per_step[step].append(float(algo.suite.metric(algo.predict(state, qx), qy)))
+            if len(states) != steps + 1:
+                raise RuntimeError(f"{type(algo).__name__}.adapt returned {len(states)} states for {steps} "
+                                   "steps; it must return steps + 1 (the state before adapting, then one per step)")
+            with torch.no_grad():
+                for step, state in enumerate(states):
+                    per_step[step].append(float(algo.suite.metric(algo.predict(state, qx), qy)))
     return per_step
 
 
@@ -387,7 +445,7 @@ def build_record(cell: Cell, resolved: dict[str, Any], outcome: dict[str, Any], 
         "started_at": started_at,
         "finished_at": finished_at,
     }
-    for key in ("metric", "timings", "memory", "params", "curve", "best"):
+    for key in ("metric", "timings", "memory", "params", "suite_info", "curve", "best"):
         record[key] = outcome.get("result", {}).get(key)
     if record["timings"] is not None:
         record["timings"]["cell_s"] = (datetime.fromisoformat(finished_at) - datetime.fromisoformat(started_at)).total_seconds()

@@ -51,6 +51,10 @@ class TaskSuiteSpec:
     impossible settings; the grid overrides its fields by name. `check(config)`, when given, returns
     "" if a configuration can run here and otherwise why not (data files missing, ...); the grid
     calls it before any cell runs, so it must be cheap.
+
+    `episode_neutral` names config fields that do not change which episodes are drawn (the model, where
+    the data lives, download policy): they are left out of the validation and test episodes' seed, so
+    cells that differ only in them are still evaluated on identical episodes.
     """
 
     name: str
@@ -62,11 +66,17 @@ class TaskSuiteSpec:
     version: str = "1"
     requires: tuple[str, ...] = ()
     check: Callable[[Any], str] | None = None
+    episode_neutral: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         _check_spec(self, "task suite")
         if self.task_kind not in TASK_KINDS:
             raise ValueError(f"suite {self.name!r}: unknown task kind {self.task_kind!r}; valid: {TASK_KINDS}")
+        fields = {f.name for f in dataclasses.fields(self.config)}
+        unknown = [name for name in self.episode_neutral if name not in fields]
+        if unknown:
+            raise ValueError(f"suite {self.name!r}: episode_neutral names {', '.join(unknown)}, which are not "
+                             f"fields of {self.config.__name__}; valid: {', '.join(sorted(fields))}")
 
 
 @dataclass(frozen=True)

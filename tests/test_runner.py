@@ -178,3 +178,56 @@ def test_a_suites_fixed_test_episodes_replace_sampled_ones(tmp_path):
         assert record["status"] == "ok", record.get("traceback", record["reason"])
         assert record["metric"]["n"] == 7 and record["metric"]["episodes"] == "fixed"
     assert _metrics(records[:1]).popitem()[1] == _metrics(records[1:]).popitem()[1]
+
+
+def test_large_episode_sets_are_drawn_in_chunks_the_same_every_time(registry, monkeypatch):
+    import torch
+
+    from harness import runner
+    from metaharness_plugins.suites.sinusoid import SinusoidConfig, SinusoidSuite
+
+    suite = SinusoidSuite(SinusoidConfig(shots=5))
+    whole = runner.Episodes(suite, "test", 10, seed=3, device=torch.device("cpu"))
+    assert whole.chunk == 10 and whole.held is not None and len(list(whole)) == 1
+    per_episode = sum(t[:1].numel() * t.element_size() for t in
+                      (whole.held.support_x, whole.held.support_y, whole.held.query_x, whole.held.query_y))
+    monkeypatch.setattr(runner, "EPISODE_CHUNK_BYTES", 4 * per_episode)
+    chunked = runner.Episodes(suite, "test", 10, seed=3, device=torch.device("cpu"))
+    first, again = list(chunked), list(chunked)
+    assert chunked.held is None and len(chunked) == 10
+    assert [b.num_tasks for b in first] == [4, 4, 2]  # never more than the byte budget at once
+    for a, b in zip(first, again):  # drawn afresh each time, identical each time
+        assert torch.equal(a.support_x, b.support_x) and torch.equal(a.query_y, b.query_y)
+    # The chunks continue one generator stream: distinct episodes, and the first chunk is exactly the
+    # first four episodes of the same stream drawn as one batch of four.
+    head = suite.sample(4, torch.Generator().manual_seed(3), "test")
+    assert torch.equal(first[0].support_x, head.support_x)
+    assert not torch.equal(first[0].support_x[:2], first[1].support_x[:2])
+
+
+def test_record_carries_the_suites_description_with_portable_paths(registry, tmp_path, monkeypatch):
+    from harness.runner import portable_paths
+
+    monkeypatch.setenv("HARNESS_DATA", str(tmp_path / "data"))
+    monkeypatch.setenv("HARNESS_CACHE", str(tmp_path / "cache"))
+    described = {"archives": [{"path": str(tmp_path / "data/omniglot/a.zip"), "md5": "x"}],
+                 "cache_file": str(tmp_path / "cache/omniglot/c.pt"), "elsewhere": "/opt/z", "n": 3}
+    assert portable_paths(described) == {"archives": [{"path": "$HARNESS_DATA/omniglot/a.zip", "md5": "x"}],
+                                         "cache_file": "$HARNESS_CACHE/omniglot/c.pt", "elsewhere": "/opt/z", "n": 3}
+    from harness.specs import Budget, Cell
+
+    budget = Budget(iterations=2, val_interval=2, val_episodes=2, test_episodes=2, threads=1)
+    record = run_one(Cell("protonet", (), "glyphs", (("query", 2),), "cpu", 0, budget), registry, in_process=True)
+    assert record["status"] == "ok", record.get("traceback", record["reason"])
+    assert record["suite_info"]["model"]["batch_norm"].startswith("batch statistics")
+
+
+def test_cells_differing_only_in_episode_neutral_options_share_episodes(registry):
+    from harness.specs import Budget, Cell
+
+    budget = Budget()
+    seeds = {model: resolve_cell(Cell("maml", (), "omniglot", (("model", model),), "cpu", 0, budget),
+                                 registry)["seeds"] for model in ("conv4", "conv4-nopool", "mlp")}
+    assert len({(s["val"], s["test"]) for s in seeds.values()}) == 1
+    ways = resolve_cell(Cell("maml", (), "omniglot", (("ways", 20),), "cpu", 0, budget), registry)["seeds"]
+    assert ways["test"] != seeds["conv4"]["test"]  # an option that changes episodes changes the seed

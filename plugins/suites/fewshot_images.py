@@ -544,6 +544,7 @@ def harness_register_task_suites() -> list[TaskSuiteSpec]:
             paper=_PAPERS[name] + "; models: Finn et al. 2017, Snell et al. 2017, Lee et al. 2019",
             requires=("learn2learn", "torchvision", "PIL"),
             check=check_data,
+            episode_neutral=("model", "data_root", "cache_dir"),  # conv4 and ResNet-12 on the same episodes
         )
         for name, data in IMAGE_SETS.items()
     ]

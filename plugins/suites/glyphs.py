@@ -335,6 +335,8 @@ class GlyphsSuite(TaskSuite):
                        "shear": SHEAR, "shift_px28": SHIFT, "half_width_px28": list(WIDTH)},
             "render": {"samples_per_stroke": SAMPLES, "sigma_px28": SIGMA},
             "sampler": self._l2l.describe() if self._l2l is not None else {"name": "native"},
+            "model": {"name": self.config.model, "batch_norm": "batch statistics at meta-train and meta-test "
+                      "(track_running_stats=False, no running buffers): the transductive setting of MAML's code"},
         }
 
 
@@ -355,5 +357,6 @@ def harness_register_task_suites() -> list[TaskSuiteSpec]:
                         "data files); accuracy",
             paper="procedural stand-in for Omniglot (Lake et al. 2015)",
             check=check_config,
+            episode_neutral=("model",),
         )
     ]
