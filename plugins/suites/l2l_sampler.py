@@ -160,13 +160,17 @@ class TaskDatasetSampler:
                                    f"{per_class} images of each of {self.ways} labels 0..{self.ways - 1}")
             x.append(images[order])
         size = x[0].shape[-2:]
-        batch = torch.stack(x).view(n_tasks, self.ways, per_class, *size)
-        batch = batch.to(torch.float32).div_(255.0).unsqueeze(3)  # [n, ways, shots+query, 1, H, W]
+        batch = torch.stack(x).view(n_tasks, self.ways, per_class, *size)  # uint8
+
+        def floats(part: torch.Tensor, count: int) -> torch.Tensor:
+            # Split while still uint8, then convert: one float32 copy of the output instead of two.
+            return part.reshape(n_tasks, self.ways * count, 1, *size).to(torch.float32).div_(255.0)
+
         labels = torch.arange(self.ways)
         return TaskBatch(
-            support_x=batch[:, :, : self.shots].reshape(n_tasks, self.ways * self.shots, 1, *size),
+            support_x=floats(batch[:, :, : self.shots], self.shots),
             support_y=labels.repeat_interleave(self.shots).expand(n_tasks, -1).clone(),
-            query_x=batch[:, :, self.shots :].reshape(n_tasks, self.ways * self.query, 1, *size),
+            query_x=floats(batch[:, :, self.shots :], self.query),
             query_y=labels.repeat_interleave(self.query).expand(n_tasks, -1).clone(),
         )
 

@@ -221,14 +221,15 @@ def test_sampler_names_and_missing_learn2learn(
 # --- real Omniglot -------------------------------------------------------------------------------------
 
 
-def test_real_omniglot_classes_with_rotations(tmp_path: Path) -> None:
-    """The Omniglot suite's own class list (rotated training classes) through TaskDataset, 20-way 5-shot."""
+def test_real_omniglot_classes_with_rotations() -> None:
+    """The Omniglot suite's own class list (rotated training classes) through TaskDataset, 20-way 5-shot;
+    decoded into the session's $HARNESS_CACHE (tests/conftest.py), never downloaded."""
     pytest.importorskip("PIL", reason="the Omniglot suite decodes PNG with Pillow")
     from metaharness_plugins.suites.omniglot import OmniglotConfig, OmniglotSuite
 
     if not all((DATA / name).is_file() for name in OmniglotConfig().archives):
         pytest.skip(f"the Omniglot small background sets are not in {DATA}")
-    config = OmniglotConfig(data_root=str(DATA), cache_dir=str(tmp_path), rotations=True, ways=20, shots=5)
+    config = OmniglotConfig(data_root=str(DATA), rotations=True, ways=20, shots=5, download="never")
     suite = OmniglotSuite(config)
     sampler = TaskDatasetSampler(suite.data.images, suite.classes, ways=20, shots=5, query=15)
     lookup = make_lookup(suite.data.images)
