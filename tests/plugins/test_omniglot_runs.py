@@ -387,6 +387,7 @@ def test_model_metric_and_registration(suite: OmniglotRunsSuite, registry) -> No
     assert (suite.kind, suite.metric_name, suite.higher_is_better) == ("classification", "error_rate", False)
     spec = registry.suite("omniglot-runs").spec
     assert (spec.config, spec.task_kind, spec.check) == (OmniglotRunsConfig, "classification", check_runs)
+    assert spec.episode_neutral == ("model", "data_root", "cache_dir")
     described = suite.describe()["splits"]
     assert described["test"]["runs"] == 20 and len(described["test"]["runs_sha256"]) == 64
     assert described["val"] == {"alphabets": ["Latin"], "characters": 26, "classes": 26}
@@ -423,4 +424,6 @@ threads = 1
     assert (metric["name"], metric["higher_is_better"], metric["episodes"]) == ("error_rate", False, "fixed")
     assert metric["n"] == 20  # every run once, whatever the budget's test_episodes
     assert metric["mean"] < 0.7, f"error rate {metric['mean']:.3f} after meta-training; chance is 0.95"
+    test_split = record["suite_info"]["splits"]["test"]
+    assert test_split["runs"] == 20 and test_split["runs_dir"] == str(runs[0])
     assert "error_rate ↓" in out.stdout
