@@ -22,7 +22,7 @@ NO_GRID = "adhoc"  # directory for cells run without a grid name
 MAX_STEP_COLUMNS = 4
 _MIB = 2**20
 _TEXT_COLUMNS = ("algorithm", "backend", "reported")
-_METRIC_NAMES = {"mse": "MSE", "mae": "MAE", "nll": "NLL", "rmse": "RMSE", "acc": "accuracy"}
+_METRIC_NAMES = {"mse": "MSE", "mae": "MAE", "nll": "NLL", "rmse": "RMSE", "acc": "accuracy", "error_rate": "error rate"}
 
 
 def _suite_label(cell: Mapping[str, Any]) -> str:

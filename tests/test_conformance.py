@@ -9,6 +9,9 @@ import pytest
 from harness.registry import build_plugin_manager
 from harness.runner import run_one
 from harness.specs import Budget, Cell
+from tests.fixtures import fewshot_images
+from tests.fixtures.omniglot_runs import write_runs
+from tests.plugins.helpers import DATA
 
 REGISTRY = build_plugin_manager(entry_points=False)
 SMALL = Budget(iterations=4, val_interval=2, val_episodes=2, test_episodes=3, threads=1)
@@ -28,10 +31,33 @@ PAIRS = [
 ]
 
 
+#: The learn2learn-format suites read tiny files fabricated in their real formats.
+FABRICATED = {"mini-imagenet": fewshot_images.write_mini_imagenet, "tiered-imagenet": fewshot_images.write_tiered_imagenet,
+              "cifar-fs": fewshot_images.write_cifar_fs, "fc100": fewshot_images.write_fc100}
+
+
+@pytest.fixture(scope="module")
+def data_options(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple]:
+    """Suite options pointing at data made for this module: three one-shot runs in the authors' format
+    from alphabets of small set 2 (meta-training reads small set 1 only), and the fabricated files."""
+    root = tmp_path_factory.mktemp("conformance-data")
+    options: dict[str, tuple] = {}
+    if (DATA / "images_background_small2.zip").is_file():
+        write_runs(root / "runs", DATA / "images_background_small2.zip",
+                   ["Japanese_(katakana)", "Sanskrit"], runs=3)
+        options["omniglot-runs"] = (("archives", ("images_background_small1.zip",)), ("image_size", 16), ("query", 2),
+                                    ("runs_dir", str(root / "runs")))
+    for name, write in FABRICATED.items():
+        write(root / name, size=16)
+        options[name] = (("data_root", str(root / name)), ("cache_dir", str(root / "cache")),
+                         ("image_size", 16), ("query", 2), ("ways", 3))
+    return options
+
+
 @pytest.mark.parametrize(("algorithm", "suite", "backend"), PAIRS, ids=["/".join(p) for p in PAIRS])
-def test_algorithm_runs_on_suite_and_backend(algorithm, suite, backend):
+def test_algorithm_runs_on_suite_and_backend(algorithm, suite, backend, data_options):
     suite_spec = REGISTRY.suites[suite].spec
-    config = SMALLEST_SUITE.get(suite, ())
+    config = SMALLEST_SUITE.get(suite, data_options.get(suite, ()))
     if suite_spec.check is not None and (reason := suite_spec.check(suite_spec.config(**dict(config)))):
         pytest.skip(reason)
     cell = Cell(algorithm, SMALLEST_ALGORITHM, suite, config, backend, 0, SMALL)
