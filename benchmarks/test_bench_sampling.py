@@ -1,12 +1,18 @@
 """Episode sampling speed on real Omniglot: the suite's vectorised native sampler against learn2learn's
 TaskDataset (plugins/suites/l2l_sampler.py) drawing from the same classes, 5-way 1-shot and 20-way 5-shot.
 
-Run with `make bench`; the results file is committed as benchmarks/results/sampling-cpu.json. These are
-measurements, not tests: nothing here asserts a time. Each call draws a meta-batch of EPISODES training
-episodes (the small background sets' 150 training characters in four rotations: 600 classes, as the
-papers augment them); episodes per second is EPISODES / the median time of a call, which pytest-benchmark
-reports and each entry's extra_info repeats. Skipped when the Omniglot small sets are not found
-($HARNESS_DATA, else the shared data folder beside the repository).
+The results file benchmarks/results/sampling-cpu.json is committed; it was written by
+
+    python -m pytest benchmarks/test_bench_sampling.py --benchmark-enable --benchmark-only \
+        --benchmark-min-rounds=50 --benchmark-max-time=5 --benchmark-warmup=on \
+        --benchmark-json=benchmarks/results/sampling-cpu.json
+
+on a 2-core CPU shared with other jobs, so compare medians (at least 50 rounds each), not means. These
+are measurements, not tests: nothing here asserts a time. Each call draws a meta-batch of EPISODES
+training episodes (the small background sets' 150 training characters in four rotations: 600 classes, as
+the papers augment them); episodes per second is EPISODES / the median time of a call, which each
+entry's extra_info records. Skipped when the Omniglot small sets are not found ($HARNESS_DATA, else the
+shared data folder beside the repository).
 """
 
 from __future__ import annotations

@@ -176,7 +176,7 @@ def split_a(characters: list[int], turns: list[int]) -> dict[str, tuple[torch.Te
     [
         ({"ways": 0}, "ways must be a positive integer, got 0"),
         ({"query": 1.5}, "query must be a positive integer, got 1.5"),
-        ({"images": "float"}, r"images must be a uint8 tensor \[characters, drawings, H, W\], got torch\.float"),
+        ({"images": "float"}, r"images must be a uint8 tensor \[characters, drawings, H, W\], got torch\.f"),
         ({"shots": 10, "query": 11}, r"shots \+ query = 10 \+ 11 = 21 images per class, but there are 20"),
         ({"ways": 6}, "6-way episodes need 6 classes, but split 'test' has 5"),
         ({"classes": {}}, "classes must map at least one split name"),
@@ -275,7 +275,7 @@ def test_glyphs_pools_are_pure_functions_of_the_class() -> None:
     suite = small_glyphs(drawings=8)
     pool = suite.pool(torch.tensor([70, 3]))
     assert pool.shape == (2, 8, 28, 28) and pool.dtype == torch.uint8 and int(pool.max()) == 255
-    big = GlyphsSuite(GlyphsConfig(query=3, drawings=8))  # another num_classes, classes drawn in another order
+    big = GlyphsSuite(GlyphsConfig(query=3, drawings=8))  # other num_classes, classes drawn in other order
     big.pool(torch.arange(0, 5))
     assert torch.equal(big.pool(torch.tensor([70, 3])), pool)
     other = small_glyphs(drawings=8, seed=1)  # another universe
