@@ -59,7 +59,8 @@ def test_episodes_per_second(benchmark, suites: dict[str, OmniglotSuite], settin
         pytest.importorskip("learn2learn", reason="learn2learn is not installed (make learn2learn)")
         from metaharness_plugins.suites.l2l_sampler import TaskDatasetSampler
 
-        sample = TaskDatasetSampler(suite.data.images, suite.classes, ways, shots, query).sample
+        sampler = TaskDatasetSampler.from_characters(suite.data.images, suite.classes, ways, shots, query)
+        sample = sampler.sample
     generator = torch.Generator().manual_seed(0)
     benchmark.group = f"{EPISODES} episodes, {ways}-way {shots}-shot {query}-query Omniglot, 1 thread"
     benchmark.extra_info.update({"sampler": sampler, "episodes_per_call": EPISODES, "ways": ways,

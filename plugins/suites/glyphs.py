@@ -217,7 +217,8 @@ class GlyphsSuite(TaskSuite):
             # Every class is its own "character", unrotated: glyphs have no rotated classes.
             classes = {split: (torch.arange(lo, hi), torch.zeros(hi - lo, dtype=torch.long))
                        for split, (lo, hi) in self.ranges.items()}
-            self._l2l = TaskDatasetSampler(self._pool, classes, cfg.ways, cfg.shots, cfg.query)
+            self._l2l = TaskDatasetSampler.from_characters(self._pool, classes, cfg.ways, cfg.shots,
+                                                           cfg.query)
 
     def programs(self, classes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Control points [..., S, POINTS, 2] (unit square) and stroke counts [...] of class indices."""

@@ -2,9 +2,9 @@
 Meta-Learning Research", arXiv:2008.12284) as an alternative episode sampler for the image suites.
 
 A helper module the suites import, not a plugin. `TaskDatasetSampler` takes a suite's class list (uint8
-images [characters, drawings, H, W], and per split the character and quarter turns of every class) and
-draws episodes with `TaskDataset(MetaDataset(...), [NWays, KShots(shots + query), LoadData, RemapLabels,
-ConsecutiveLabels])`, returning the same `TaskBatch` layout as the suites' own vectorised samplers.
+images and, per split, the images and quarter turns of every class) and draws episodes with
+`TaskDataset(MetaDataset(...), [NWays, KShots(shots + query), LoadData, RemapLabels, ConsecutiveLabels])`,
+returning the same `TaskBatch` layout as the suites' own vectorised samplers.
 learn2learn draws with Python's global `random` module; each `sample` call reseeds it from the harness's
 torch generator and restores it afterwards, so episodes are a pure function of that generator.
 """
@@ -12,8 +12,9 @@ torch generator and restores it afterwards, so episodes are a pure function of t
 from __future__ import annotations
 
 import importlib.util
+import itertools
 import random
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -46,73 +47,71 @@ def _positive(name: str, value: object) -> None:
 class ClassImages(Dataset):
     """One split's classes as a flat labelled dataset, the form learn2learn's MetaDataset wraps.
 
-    Item `class * drawings + drawing` is (uint8 image [H, W], class) where class is the position in the
-    split's class list; a class with quarter turns k yields its character's drawings rotated by k * 90
-    degrees (counter-clockwise, as `torch.rot90` and the suites' native samplers turn them). Images are
-    read from `images` at access time, so a suite may fill a class's drawings lazily before sampling it.
+    `rows[c]` are the rows of `images` (uint8 [N, H, W] or [N, C, H, W]) holding class c's images, and
+    `turns[c]` its quarter turns: item i, counted class by class, is (image, c) with the image rotated by
+    turns * 90 degrees counter-clockwise, as `torch.rot90` and the suites' native samplers turn them.
+    Images are read from `images` at access time, so a suite may fill rows lazily before sampling them.
     """
 
-    def __init__(self, images: torch.Tensor, characters: torch.Tensor, turns: torch.Tensor) -> None:
+    def __init__(self, images: torch.Tensor, rows: Sequence[Sequence[int]], turns: Sequence[int]) -> None:
         self.images = images
-        self.drawings = int(images.shape[1])
         # Python ints: items are read one at a time in learn2learn's loop, where tensor indexing costs more.
-        self.characters = [int(c) for c in characters]
+        self.rows = [int(r) for class_rows in rows for r in class_rows]
+        self.labels = [label for label, class_rows in enumerate(rows) for _ in class_rows]
         self.turns = [int(k) for k in turns]
+        self.sizes = [len(class_rows) for class_rows in rows]
 
     def __len__(self) -> int:
-        return len(self.characters) * self.drawings
+        return len(self.rows)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        label, drawing = divmod(int(index), self.drawings)
-        image = self.images[self.characters[label], drawing]
-        turns = self.turns[label]
-        return (torch.rot90(image, turns) if turns else image), label
+        label = self.labels[index]
+        image, turns = self.images[self.rows[index]], self.turns[label]
+        return (torch.rot90(image, turns, dims=(-2, -1)) if turns else image), label
 
     def labels_to_indices(self) -> dict[int, list[int]]:
         """Class -> its item indices, so MetaDataset need not load every item to find the labels."""
-        d = self.drawings
-        return {label: list(range(label * d, (label + 1) * d)) for label in range(len(self.characters))}
+        starts = [0, *itertools.accumulate(self.sizes)]
+        return {label: list(range(starts[label], starts[label + 1])) for label in range(len(self.sizes))}
+
+
+def _check_uint8(images: object, layout: str, dims: tuple[int, ...]) -> None:
+    if not isinstance(images, torch.Tensor) or images.dtype != torch.uint8 or images.dim() not in dims:
+        got = f"{images.dtype} {tuple(images.shape)}" if isinstance(images, torch.Tensor) else images
+        raise ValueError(f"images must be a uint8 tensor {layout}, got {got}")
+
+
+def _check_vectors(split: str, names: str, *vectors: torch.Tensor) -> None:
+    shape = vectors[0].shape
+    if any(v.dim() != 1 or v.shape != shape or v.dtype.is_floating_point for v in vectors):
+        raise ValueError(f"split {split!r}: {names} must be integer tensors of one length, got "
+                         f"{' and '.join(str(tuple(v.shape)) for v in vectors)}")
 
 
 class TaskDatasetSampler:
     """N-way K-shot episodes of a suite's classes, drawn by learn2learn's TaskDataset.
 
-    `images`: uint8 [characters, drawings, H, W] (ink = 255); `classes[split]`: (character index of each
-    class, its quarter turns 0-3), as `OmniglotSuite.classes` holds them. `sample` returns what the suites'
-    native `sample` returns: support_x [n, ways*shots, 1, H, W] float32 in [0, 1], labels int64 0..ways-1
-    class-major (all shots of label 0 first), query_x likewise with `query` images per class.
+    Built from the split's classes as `ClassImages`, or from a suite's own layout by `from_characters`
+    (Omniglot, glyphs) or `from_class_slices` (the learn2learn-format image sets). `sample` returns what
+    the suites' native `sample` returns: support_x [n, ways*shots, C, H, W] float32 in [0, 1] (C = 1 for
+    [N, H, W] images), labels int64 0..ways-1 class-major (all shots of label 0 first), query_x likewise
+    with `query` images per class.
     """
 
-    def __init__(
-        self,
-        images: torch.Tensor,
-        classes: Mapping[str, tuple[torch.Tensor, torch.Tensor]],
-        ways: int,
-        shots: int,
-        query: int,
-    ) -> None:
+    def __init__(self, splits: Mapping[str, ClassImages], ways: int, shots: int, query: int) -> None:
         for name, value in (("ways", ways), ("shots", shots), ("query", query)):
             _positive(name, value)
-        if not isinstance(images, torch.Tensor) or images.dtype != torch.uint8 or images.dim() != 4:
-            got = f"{images.dtype} {tuple(images.shape)}" if isinstance(images, torch.Tensor) else images
-            raise ValueError(f"images must be a uint8 tensor [characters, drawings, H, W], got {got}")
-        characters, drawings = int(images.shape[0]), int(images.shape[1])
-        if shots + query > drawings:
-            raise ValueError(f"shots + query = {shots} + {query} = {shots + query} images per class, but "
-                             f"there are {drawings} drawings per character")
-        if not classes:
-            raise ValueError("classes must map at least one split name to (characters, quarter turns)")
-        for split, (chars, turns) in classes.items():
-            if chars.dim() != 1 or chars.shape != turns.shape or chars.dtype.is_floating_point:
-                raise ValueError(f"split {split!r}: characters and turns must be integer tensors of one "
-                                 f"length, got {tuple(chars.shape)} and {tuple(turns.shape)}")
-            if len(chars) < ways:
+        if not splits:
+            raise ValueError("the sampler needs at least one split of classes")
+        per_class = shots + query
+        for split, items in splits.items():
+            if len(items.sizes) < ways:
                 raise ValueError(f"{ways}-way episodes need {ways} classes, but split {split!r} has "
-                                 f"{len(chars)}")
-            if len(chars) and (int(chars.min()) < 0 or int(chars.max()) >= characters):
-                raise ValueError(f"split {split!r}: character indices must lie in 0..{characters - 1}")
-            if len(turns) and (int(turns.min()) < 0 or int(turns.max()) > 3):
-                raise ValueError(f"split {split!r}: quarter turns must lie in 0..3")
+                                 f"{len(items.sizes)}")
+            smallest = min(range(len(items.sizes)), key=items.sizes.__getitem__)
+            if items.sizes[smallest] < per_class:
+                raise ValueError(f"shots + query = {shots} + {query} = {per_class} images per class, but "
+                                 f"class {smallest} of split {split!r} has {items.sizes[smallest]}")
         try:
             import learn2learn
             from learn2learn.data.transforms import ConsecutiveLabels, KShots, LoadData, NWays, RemapLabels
@@ -122,17 +121,63 @@ class TaskDatasetSampler:
         self.ways, self.shots, self.query = ways, shots, query
         self.version = str(learn2learn.__version__)
         self.tasksets: dict[str, Any] = {}
-        for split, (chars, turns) in classes.items():
-            items = ClassImages(images, chars, turns)
+        for split, items in splits.items():
             meta = learn2learn.data.MetaDataset(items, labels_to_indices=items.labels_to_indices())
-            # KShots keeps shots + query drawings of each class in random order, so the first `shots` of a
+            # KShots keeps shots + query images of each class in random order, so the first `shots` of a
             # class are a uniformly random support set. RemapLabels gives the classes random labels
             # 0..ways-1 and ConsecutiveLabels groups each class's images (learn2learn's Omniglot recipe).
-            transforms = [NWays(meta, ways), KShots(meta, shots + query), LoadData(meta), RemapLabels(meta),
+            transforms = [NWays(meta, ways), KShots(meta, per_class), LoadData(meta), RemapLabels(meta),
                           ConsecutiveLabels(meta)]
             # Taskset is TaskDataset's current name (learn2learn 0.2.0 warns that TaskDataset is deprecated).
             # num_tasks=-1: a fresh task at every draw rather than a fixed, cached set of task descriptions.
             self.tasksets[split] = learn2learn.data.Taskset(meta, transforms, num_tasks=-1)
+
+    @classmethod
+    def from_characters(
+        cls,
+        images: torch.Tensor,
+        classes: Mapping[str, tuple[torch.Tensor, torch.Tensor]],
+        ways: int,
+        shots: int,
+        query: int,
+    ) -> TaskDatasetSampler:
+        """`images`: uint8 [characters, drawings, H, W]; `classes[split]`: (character index of each class,
+        its quarter turns 0-3), as `OmniglotSuite.classes` holds them."""
+        _check_uint8(images, "[characters, drawings, H, W]", (4,))
+        characters, drawings = int(images.shape[0]), int(images.shape[1])
+        flat = images.flatten(0, 1)  # a view: rows a suite fills later are seen
+        splits = {}
+        for split, (chars, turns) in classes.items():
+            _check_vectors(split, "characters and turns", chars, turns)
+            if len(chars) and (int(chars.min()) < 0 or int(chars.max()) >= characters):
+                raise ValueError(f"split {split!r}: character indices must lie in 0..{characters - 1}")
+            if len(turns) and (int(turns.min()) < 0 or int(turns.max()) > 3):
+                raise ValueError(f"split {split!r}: quarter turns must lie in 0..3")
+            rows = [range(c * drawings, (c + 1) * drawings) for c in chars.tolist()]
+            splits[split] = ClassImages(flat, rows, turns.tolist())
+        return cls(splits, ways, shots, query)
+
+    @classmethod
+    def from_class_slices(
+        cls,
+        splits: Mapping[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
+        ways: int,
+        shots: int,
+        query: int,
+    ) -> TaskDatasetSampler:
+        """`splits[split]`: (images uint8 [N, C, H, W] grouped by class, offsets, counts): class c holds
+        images[offsets[c] : offsets[c] + counts[c]], as the few-shot image suites keep their splits."""
+        items = {}
+        for split, (images, offsets, counts) in splits.items():
+            _check_uint8(images, "[N, C, H, W] or [N, H, W]", (3, 4))
+            _check_vectors(split, "offsets and counts", offsets, counts)
+            if len(offsets) and (int(offsets.min()) < 0 or int(counts.min()) < 0
+                                 or int((offsets + counts).max()) > len(images)):
+                raise ValueError(f"split {split!r}: every class's slice offsets[c] : offsets[c] + counts[c] "
+                                 f"must lie in its {len(images)} images")
+            rows = [range(o, o + n) for o, n in zip(offsets.tolist(), counts.tolist())]
+            items[split] = ClassImages(images, rows, [0] * len(rows))
+        return cls(items, ways, shots, query)
 
     def sample(self, n_tasks: int, generator: torch.Generator, split: str) -> TaskBatch:
         """`n_tasks` episodes of `split`; a pure function of the generator's state, which it advances."""
@@ -159,12 +204,12 @@ class TaskDatasetSampler:
                 raise HarnessError(f"learn2learn {self.version} returned labels {labels.tolist()}; expected "
                                    f"{per_class} images of each of {self.ways} labels 0..{self.ways - 1}")
             x.append(images[order])
-        size = x[0].shape[-2:]
-        batch = torch.stack(x).view(n_tasks, self.ways, per_class, *size)  # uint8
+        shape = x[0].shape[1:] if x[0].dim() == 4 else (1, *x[0].shape[1:])  # [C, H, W] of one image
+        batch = torch.stack(x).view(n_tasks, self.ways, per_class, *shape)  # uint8
 
         def floats(part: torch.Tensor, count: int) -> torch.Tensor:
             # Split while still uint8, then convert: one float32 copy of the output instead of two.
-            return part.reshape(n_tasks, self.ways * count, 1, *size).to(torch.float32).div_(255.0)
+            return part.reshape(n_tasks, self.ways * count, *shape).to(torch.float32).div_(255.0)
 
         labels = torch.arange(self.ways)
         return TaskBatch(

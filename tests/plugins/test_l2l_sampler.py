@@ -46,7 +46,7 @@ def classes() -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
 
 @pytest.fixture(scope="module")
 def sampler(images: torch.Tensor, classes: dict) -> TaskDatasetSampler:
-    return TaskDatasetSampler(images, classes, ways=5, shots=2, query=3)
+    return TaskDatasetSampler.from_characters(images, classes, ways=5, shots=2, query=3)
 
 
 def make_lookup(images: torch.Tensor) -> dict[bytes, Drawing]:
@@ -153,15 +153,47 @@ def test_every_class_and_drawing_gets_drawn(sampler: TaskDatasetSampler, images:
 
 
 def test_class_images_dataset_and_description(images: torch.Tensor, sampler: TaskDatasetSampler) -> None:
-    items = ClassImages(images, torch.tensor([3, 3]), torch.tensor([0, 1]))
-    assert len(items) == 40 and items.labels_to_indices()[1] == list(range(20, 40))
+    items = ClassImages(images.flatten(0, 1), [range(60, 80), range(60, 80), [5, 9]], [0, 1, 2])
+    assert len(items) == 42 and items.sizes == [20, 20, 2]
+    assert items.labels_to_indices() == {0: list(range(20)), 1: list(range(20, 40)), 2: [40, 41]}
     image, label = items[27]
     assert label == 1 and torch.equal(image, torch.rot90(images[3, 7], 1, dims=(-2, -1)))
     assert torch.equal(items[7][0], images[3, 7]) and items[7][1] == 0
+    assert torch.equal(items[41][0], torch.rot90(images[0, 9], 2)) and items[41][1] == 2
     described = sampler.describe()
     assert described["name"] == "learn2learn" and described["learn2learn"] == "0.2.0"
     assert described["task_transforms"] == ["NWays(5)", "KShots(5)", "LoadData", "RemapLabels",
                                             "ConsecutiveLabels"]
+
+
+def test_class_slices_of_rgb_images_with_uneven_classes() -> None:
+    """The few-shot image suites' layout: one uint8 [N, 3, H, W] tensor per split, class c in the slice
+    offsets[c] : offsets[c] + counts[c]; every image is a distinct random one, so each traces back."""
+    counts = torch.tensor([6, 9, 7, 12, 6, 8])
+    offsets = torch.cat([torch.zeros(1, dtype=torch.long), counts.cumsum(0)[:-1]])
+    rgb = torch.randint(0, 256, (int(counts.sum()), 3, 6, 6), dtype=torch.uint8,
+                        generator=torch.Generator().manual_seed(3))
+    rows = [range(o, o + n) for o, n in zip(offsets.tolist(), counts.tolist())]
+    owner = {rgb[i].numpy().tobytes(): (c, i) for c in range(6) for i in rows[c]}
+    splits = {"train": (rgb, offsets, counts)}
+    sampler = TaskDatasetSampler.from_class_slices(splits, ways=4, shots=2, query=4)
+    batch = sampler.sample(60, torch.Generator().manual_seed(0), "train")
+    assert batch.support_x.shape == (60, 8, 3, 6, 6) and batch.query_x.shape == (60, 16, 3, 6, 6)
+    drawn = Counter()
+    for e in range(60):
+        x = torch.cat([batch.support_x[e], batch.query_x[e]])
+        found = [owner[(x[i] * 255).round().to(torch.uint8).numpy().tobytes()] for i in range(24)]
+        labels = batch.support_y[e].tolist() + batch.query_y[e].tolist()
+        by_label = {label: [f for f, y in zip(found, labels) if y == label] for label in range(4)}
+        assert all(len({c for c, _ in v}) == 1 and len({i for _, i in v}) == 6 for v in by_label.values())
+        drawn.update({v[0][0] for v in by_label.values()})
+    assert set(drawn) == set(range(6))  # every class, the smallest ones (6 images = shots + query) too
+    with pytest.raises(ValueError, match=r"class 0 of split 'train' has 6"):
+        TaskDatasetSampler.from_class_slices(splits, ways=4, shots=3, query=4)
+    with pytest.raises(ValueError, match=r"split 'train': every class's slice .* must lie in its 48 images"):
+        TaskDatasetSampler.from_class_slices({"train": (rgb, offsets + 1, counts)}, ways=4, shots=2, query=4)
+    with pytest.raises(ValueError, match=r"images must be a uint8 tensor \[N, C, H, W\] or \[N, H, W\]"):
+        TaskDatasetSampler.from_class_slices({"train": (rgb[0, 0], offsets, counts)}, 4, 2, 4)
 
 
 # --- errors ------------------------------------------------------------------------------------------
@@ -177,9 +209,9 @@ def split_a(characters: list[int], turns: list[int]) -> dict[str, tuple[torch.Te
         ({"ways": 0}, "ways must be a positive integer, got 0"),
         ({"query": 1.5}, "query must be a positive integer, got 1.5"),
         ({"images": "float"}, r"images must be a uint8 tensor \[characters, drawings, H, W\], got torch\.f"),
-        ({"shots": 10, "query": 11}, r"shots \+ query = 10 \+ 11 = 21 images per class, but there are 20"),
+        ({"shots": 10, "query": 11}, r"shots \+ query = 10 \+ 11 = 21 images per class, but class 0 of "),
         ({"ways": 6}, "6-way episodes need 6 classes, but split 'test' has 5"),
-        ({"classes": {}}, "classes must map at least one split name"),
+        ({"classes": {}}, "the sampler needs at least one split of classes"),
         ({"classes": split_a([13, 14], [0, 0])}, r"'a': character indices must lie in 0\.\.13"),
         ({"classes": split_a([1, 2], [0, 4])}, r"'a': quarter turns must lie in 0\.\.3"),
         ({"classes": split_a([1, 2], [0])}, "'a': characters and turns must be integer tensors of one len"),
@@ -192,7 +224,7 @@ def test_bad_arguments_are_rejected_before_any_work(
     if change.get("images") == "float":
         args["images"] = images.float()
     with pytest.raises(ValueError, match=message):
-        TaskDatasetSampler(**args)
+        TaskDatasetSampler.from_characters(**args)
 
 
 def test_unknown_split_and_bad_task_count(sampler: TaskDatasetSampler) -> None:
@@ -213,7 +245,7 @@ def test_sampler_names_and_missing_learn2learn(
     reason = missing_learn2learn()
     assert "needs the learn2learn package" in reason and "make learn2learn" in reason
     with pytest.raises(UsageError, match="cannot import learn2learn .*make learn2learn"):
-        TaskDatasetSampler(images, classes, 2, 1, 1)
+        TaskDatasetSampler.from_characters(images, classes, 2, 1, 1)
     assert glyphs.check_config(GlyphsConfig(sampler="learn2learn", drawings=20)) == reason
     assert glyphs.check_config(GlyphsConfig()) == ""
 
@@ -231,7 +263,7 @@ def test_real_omniglot_classes_with_rotations() -> None:
         pytest.skip(f"the Omniglot small background sets are not in {DATA}")
     config = OmniglotConfig(data_root=str(DATA), rotations=True, ways=20, shots=5, download="never")
     suite = OmniglotSuite(config)
-    sampler = TaskDatasetSampler(suite.data.images, suite.classes, ways=20, shots=5, query=15)
+    sampler = TaskDatasetSampler.from_characters(suite.data.images, suite.classes, ways=20, shots=5, query=15)
     lookup = make_lookup(suite.data.images)
     native = suite.sample(4, torch.Generator().manual_seed(0), "train")
     ours = sampler.sample(4, torch.Generator().manual_seed(0), "train")
