@@ -223,9 +223,10 @@ def _metaoptnet(suite: Any, model: nn.Module | None = None, **hparams: Any) -> M
 
 def test_svm_head_matches_an_independent_qp_solution_and_separates_the_support() -> None:
     """The embedding is the identity (a Flatten), so the state is the SVM fitted on the given points:
-    its logits equal those of the Crammer-Singer dual that MetaOptNet solves (section 3.3: minimise
+    its logits equal those of the Crammer-Singer SVM dual that MetaOptNet's QP encodes (minimise
     1/2 sum_m ||sum_i a_im x_i||^2 + 1/2 ||a||^2 - sum_i a_i,y_i subject to a_im <= C [m = y_i] and
-    sum_m a_im = 0), solved here by cvxpy, and it classifies separable points perfectly."""
+    sum_m a_im = 0; the ||a||^2 term is the identity the QP adds to the kernel), solved here by cvxpy,
+    and it classifies separable points perfectly."""
     cp = pytest.importorskip("cvxpy")
     import numpy as np
 
