@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from harness import HarnessError, TaskBatch, TaskSuite, TaskSuiteSpec, UsageError, hookimpl
+from metaharness_plugins.suites.l2l_sampler import TaskDatasetSampler, check_sampler, missing_learn2learn
 from metaharness_plugins.suites.omniglot_download import (
     DOWNLOAD_MODES,
     PUBLISHED_MD5,
@@ -72,7 +73,9 @@ class OmniglotConfig:
     `download` "missing" fetches an absent official archive from `base_url` (None: `$HARNESS_OMNIGLOT_URL`,
     else the authors' repository), "replace" also fetches over one whose md5 is wrong, "never" does not
     go online; `verify_md5` checks official archives against their published md5 (false only for your
-    own archives under the official names).
+    own archives under the official names). `sampler` "native" draws episodes with this module's
+    vectorised sampler, "learn2learn" with learn2learn's TaskDataset (`l2l_sampler`): the same task
+    distribution, other episodes.
     """
 
     ways: int = 5
@@ -90,8 +93,10 @@ class OmniglotConfig:
     download: str = "missing"
     base_url: str | None = None
     verify_md5: bool = True
+    sampler: str = "native"
 
     def __post_init__(self) -> None:
+        check_sampler(self.sampler)
         for name in ("ways", "shots", "query", "image_size", "train_characters", "val_characters"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -398,6 +403,8 @@ def find_data_root(cfg: OmniglotConfig) -> Path:
 def check_data(cfg: OmniglotConfig) -> str:
     """'' when `cfg` can run here, else why not. The grid calls this before running anything, so the
     download (when one is needed) happens here, and so do the checks of the sizes against the data."""
+    if cfg.sampler == "learn2learn" and missing_learn2learn():
+        return missing_learn2learn()
     try:
         paths = [find_data_root(cfg) / a for a in cfg.archives]
         survey = survey_archives(paths)
@@ -435,6 +442,10 @@ class OmniglotSuite(TaskSuite):
             chars = torch.tensor(sorted(index[c] for c in names), dtype=torch.int64)
             turns = 4 if cfg.rotations and split == "train" else 1
             self.classes[split] = (chars.repeat(turns), torch.arange(turns).repeat_interleave(len(chars)))
+        self._l2l: TaskDatasetSampler | None = None
+        if cfg.sampler == "learn2learn":
+            self._l2l = TaskDatasetSampler.from_characters(self.data.images, self.classes, cfg.ways, cfg.shots,
+                                                           cfg.query)
 
     def sample(self, n_tasks: int, generator: torch.Generator, split: str) -> TaskBatch:
         """`n_tasks` episodes: support_x [n, ways*shots, 1, H, W] float32 in [0, 1] (ink = 1), labels
@@ -443,6 +454,8 @@ class OmniglotSuite(TaskSuite):
             raise ValueError(f"unknown split {split!r}; valid splits: {', '.join(SPLITS)}")
         if not isinstance(n_tasks, int) or isinstance(n_tasks, bool) or n_tasks < 1:
             raise ValueError(f"n_tasks must be a positive integer, got {n_tasks!r}")
+        if self._l2l is not None:
+            return self._l2l.sample(n_tasks, generator, split)
         cfg, images = self.config, self.data.images
         chars, turns = self.classes[split]
         per_class, size = cfg.shots + cfg.query, cfg.image_size
@@ -537,6 +550,7 @@ class OmniglotSuite(TaskSuite):
             "cache_file": str(self.data.cache_file),
             "pillow": PIL.__version__,
             "model": {"name": cfg.model, "architecture": architecture, "batch_norm": BATCH_NORM},
+            "sampler": self._l2l.describe() if self._l2l is not None else {"name": "native"},
         }
 
 

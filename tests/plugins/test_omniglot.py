@@ -632,3 +632,37 @@ def test_paper_grid_lists_its_cells_with_the_papers_settings(
         if (algorithm, ways, shots) in published:
             assert cell.reported == published[(algorithm, ways, shots)]
         assert bool(cell.reported) == ((algorithm, ways) != ("anil", 5))
+
+
+# --- learn2learn's TaskDataset as the sampler ----------------------------------------------------------
+
+
+def test_learn2learn_sampler_draws_valid_episodes_of_the_right_split(
+    suite: OmniglotSuite, cache_dir: Path, lookup: dict[bytes, tuple[int, int]]
+) -> None:
+    l2l = OmniglotSuite(OmniglotConfig(sampler="learn2learn", ways=5, shots=2, query=3, rotations=True,
+                                       cache_dir=str(cache_dir)))
+    assert l2l.describe()["sampler"]["name"] == "learn2learn" and suite.describe()["sampler"] == {"name": "native"}
+    batch = l2l.sample(6, torch.Generator().manual_seed(1), "test")
+    again = l2l.sample(6, torch.Generator().manual_seed(1), "test")
+    assert torch.equal(batch.support_x, again.support_x) and torch.equal(batch.query_x, again.query_x)
+    assert batch.support_x.shape == (6, 10, 1, 28, 28) and batch.query_x.shape == (6, 15, 1, 28, 28)
+    test_chars = set(l2l.classes["test"][0].tolist())
+    for i in range(6):  # test episodes are unrotated, so every image is a drawing of a test character
+        support, query = trace(batch.support_x[i], lookup), trace(batch.query_x[i], lookup)
+        assert {c for c, _ in support + query} <= test_chars
+        by_label: dict[int, set[int]] = {}
+        for (c, d), y in zip(support + query, batch.support_y[i].tolist() + batch.query_y[i].tolist()):
+            by_label.setdefault(y, set()).add(c)
+        assert sorted(by_label) == list(range(5)) and all(len(v) == 1 for v in by_label.values())
+        assert len(set(support) | set(query)) == 25  # no drawing twice in an episode
+    train = l2l.sample(40, torch.Generator().manual_seed(2), "train")
+    # Rotated classes reach the sampler: some training images are not drawings as stored.
+    pixels = (train.support_x.flatten(0, 1) * 255).round().to(torch.uint8)
+    unseen = sum(pixels[i, 0].numpy().tobytes() not in lookup for i in range(len(pixels)))
+    assert unseen > 0
+
+
+def test_unknown_sampler_is_an_error() -> None:
+    with pytest.raises(ValueError, match="sampler must be one of native, learn2learn, got 'l2l'"):
+        OmniglotConfig(sampler="l2l")
