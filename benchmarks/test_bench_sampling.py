@@ -7,8 +7,11 @@ The results file benchmarks/results/sampling-cpu.json is committed; it was writt
         --benchmark-min-rounds=50 --benchmark-max-time=5 --benchmark-warmup=on \
         --benchmark-json=benchmarks/results/sampling-cpu.json
 
-on a 2-core CPU shared with other jobs, so compare medians (at least 50 rounds each), not means. These
-are measurements, not tests: nothing here asserts a time. Each call draws a meta-batch of EPISODES
+on a 2-core CPU shared with other jobs, so compare medians (at least 50 rounds each), not means. The
+native sampler's times are bimodal from one process to the next (5-way 1-shot: 6-7 or 14 ms a call):
+most of its call is allocating and filling the float32 output (8 MB here), whose page faults depend on
+glibc malloc's dynamic mmap threshold, i.e. on what the process freed before. These are measurements,
+not tests: nothing here asserts a time. Each call draws a meta-batch of EPISODES
 training episodes (the small background sets' 150 training characters in four rotations: 600 classes, as
 the papers augment them); episodes per second is EPISODES / the median time of a call, which each
 entry's extra_info records. Skipped when the Omniglot small sets are not found ($HARNESS_DATA, else the
