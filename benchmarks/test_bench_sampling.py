@@ -8,14 +8,15 @@ The results file benchmarks/results/sampling-cpu.json is committed; it was writt
         --benchmark-json=benchmarks/results/sampling-cpu.json
 
 on a 2-core CPU shared with other jobs, so compare medians (at least 50 rounds each), not means. The
-native sampler's times are bimodal from one process to the next (5-way 1-shot: 6-7 or 14 ms a call):
-most of its call is allocating and filling the float32 output (8 MB here), whose page faults depend on
-glibc malloc's dynamic mmap threshold, i.e. on what the process freed before. These are measurements,
-not tests: nothing here asserts a time. Each call draws a meta-batch of EPISODES
-training episodes (the small background sets' 150 training characters in four rotations: 600 classes, as
-the papers augment them); episodes per second is EPISODES / the median time of a call, which each
-entry's extra_info records. Skipped when the Omniglot small sets are not found ($HARNESS_DATA, else the
-shared data folder beside the repository).
+native sampler's times are bimodal from one process to the next (5-way 1-shot: 6-7 or 14 ms a call).
+Timed piece by piece, converting and splitting its float32 output (8 MB here) took 1.4 or 6 ms: most
+likely the page faults of fresh allocations, which glibc malloc's dynamic mmap threshold makes depend on
+what the process freed before. These are measurements, not tests: nothing here asserts a time.
+
+Each call draws a meta-batch of EPISODES training episodes (the small background sets' 150 training
+characters in four rotations: 600 classes, as the papers augment them); episodes per second is EPISODES
+/ the median time of a call, which each entry's extra_info records. Skipped when the Omniglot small sets
+are not found ($HARNESS_DATA, else the shared data folder beside the repository).
 """
 
 from __future__ import annotations
