@@ -35,10 +35,13 @@ test-all: $(STAMP)
 learn2learn: $(STAMP)
 	$(BIN)/python scripts/install_learn2learn.py --force
 
-# Speed benchmarks (pytest-benchmark); the JSON is committed as the reference for this machine kind.
+# Speed benchmarks (pytest-benchmark); the JSON files are committed as the reference for this machine kind.
 bench: $(STAMP)
-	$(BIN)/python -m pytest benchmarks --benchmark-enable --benchmark-only \
+	$(BIN)/python -m pytest benchmarks/test_bench_sinusoid.py --benchmark-enable --benchmark-only \
 		--benchmark-json=benchmarks/results/sinusoid-cpu.json --benchmark-columns=min,median,iqr,rounds
+	$(BIN)/python -m pytest benchmarks/test_bench_sampling.py --benchmark-enable --benchmark-only \
+		--benchmark-min-rounds=50 --benchmark-max-time=5 --benchmark-warmup=on \
+		--benchmark-json=benchmarks/results/sampling-cpu.json --benchmark-columns=min,median,iqr,rounds
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -472,12 +472,14 @@ class OmniglotSuite(TaskSuite):
             mask = quarter_turns == k
             if bool(mask.any()):
                 x[mask] = torch.rot90(x[mask], k, dims=(-2, -1))
-        x = x.to(torch.float32).div_(255.0).unsqueeze(3)  # [n, ways, shots+query, 1, H, W]
+        # Split while still uint8 (the copies are 1 byte a pixel), then convert each part once to float.
+        support = x[:, :, : cfg.shots].reshape(n_tasks, cfg.ways * cfg.shots, 1, size, size)
+        query = x[:, :, cfg.shots :].reshape(n_tasks, cfg.ways * cfg.query, 1, size, size)
         labels = torch.arange(cfg.ways)
         return TaskBatch(
-            support_x=x[:, :, : cfg.shots].reshape(n_tasks, cfg.ways * cfg.shots, 1, size, size),
+            support_x=support.to(torch.float32).div_(255.0),
             support_y=labels.repeat_interleave(cfg.shots).expand(n_tasks, -1).clone(),
-            query_x=x[:, :, cfg.shots :].reshape(n_tasks, cfg.ways * cfg.query, 1, size, size),
+            query_x=query.to(torch.float32).div_(255.0),
             query_y=labels.repeat_interleave(cfg.query).expand(n_tasks, -1).clone(),
         )
 
