@@ -72,6 +72,9 @@ def build_parser(registry: Any | None = None) -> argparse.ArgumentParser:
     run.add_argument("--in-process", action="store_true",
                      help="run cells in this process (for debugging: no hard timeout, memory less clean)")
     run.add_argument("--no-progress", action="store_true", help="one line per cell instead of a progress bar")
+    run.add_argument("--shared-machine", action="store_true",
+                     help="other work runs on this machine meanwhile (e.g. two grids at once): records say their "
+                          "timings are not exclusive, and leaderboards note it")
     if registry is not None:
         group = run.add_argument_group("plugin options")
         registry.hook.harness_addoption.call_historic(kwargs={"parser": group})
@@ -131,7 +134,7 @@ def cmd_run(args: argparse.Namespace, registry: Any) -> int:
     if not grid.cells and not grid.skipped:
         raise UsageError(f"grid {grid.name!r} has no cells after filtering")
     outcome = run_grid(grid, registry, store, force=args.force, in_process=args.in_process,
-                       progress=False if args.no_progress else None)
+                       progress=False if args.no_progress else None, exclusive=not args.shared_machine)
     written = write_leaderboards(outcome.records, args.leaderboards, formats=args.formats)
     print(render_terminal(build_tables(outcome.records)))
     print(f"\n{outcome.ran} cells run, {outcome.reused} reused from {args.results}/, "

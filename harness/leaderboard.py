@@ -165,8 +165,11 @@ def _build_table(grid: str, suite_label: str, records: list[dict[str, Any]], rep
     notes = []
     if len(names) > 1:
         notes.append(f"mixed metrics in this table: {', '.join(sorted(names))}; ranked by {metric}.")
-    if {(r.get("execution") or {}).get("exclusive", True) for r in ok} == {True, False}:
+    exclusive = {(r.get("execution") or {}).get("exclusive", True) for r in ok}
+    if exclusive == {True, False}:
         notes.append("some cells ran concurrently with others: their timings are not comparable.")
+    elif exclusive == {False}:
+        notes.append("cells ran while other work shared the machine: timings are indicative only.")
     if len(ok) < len(records):
         notes.append(_failure_note([r for r in records if r.get("status") != "ok"]))
     description = _describe(ok, metric, higher, set(frame["ci_over"]))

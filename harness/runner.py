@@ -426,7 +426,7 @@ def execute_cell_subprocess(cell: Cell, load_args: dict[str, Any]) -> dict[str, 
 
 
 def build_record(cell: Cell, resolved: dict[str, Any], outcome: dict[str, Any], *, mode: str,
-                 started_at: str, finished_at: str) -> dict[str, Any]:
+                 started_at: str, finished_at: str, exclusive: bool = True) -> dict[str, Any]:
     """Assemble the versioned record written to the results store."""
     from harness.results import SCHEMA_VERSION
 
@@ -441,7 +441,7 @@ def build_record(cell: Cell, resolved: dict[str, Any], outcome: dict[str, Any], 
         "status": outcome["status"],
         "reason": outcome.get("reason", ""),
         "environment": outcome.get("environment", {}),
-        "execution": {"mode": mode, "exclusive": True},
+        "execution": {"mode": mode, "exclusive": exclusive},
         "started_at": started_at,
         "finished_at": finished_at,
     }
@@ -459,8 +459,9 @@ def now_iso() -> str:
 
 
 def run_one(cell: Cell, registry: Any, *, in_process: bool = False,
-            resolved: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Run a cell (child process unless `in_process`) and return its record (not yet stored)."""
+            resolved: dict[str, Any] | None = None, exclusive: bool = True) -> dict[str, Any]:
+    """Run a cell (child process unless `in_process`) and return its record (not yet stored);
+    `exclusive` False records that other work shared the machine (timings not comparable)."""
     resolved = resolved or resolve_cell(cell, registry)
     started = now_iso()
     if in_process:
@@ -468,7 +469,7 @@ def run_one(cell: Cell, registry: Any, *, in_process: bool = False,
     else:
         outcome = execute_cell_subprocess(cell, _absolute_load_args(registry.load_args))
     return build_record(cell, resolved, outcome, mode="in-process" if in_process else "subprocess",
-                        started_at=started, finished_at=now_iso())
+                        started_at=started, finished_at=now_iso(), exclusive=exclusive)
 
 
 def _absolute_load_args(load_args: dict[str, Any]) -> dict[str, Any]:

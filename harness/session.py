@@ -54,6 +54,7 @@ def run_grid(
     in_process: bool = False,
     stream: TextIO | None = None,
     progress: bool | None = None,
+    exclusive: bool = True,
 ) -> GridRun:
     """Run every cell of `grid` that lacks a completed record (all of them with `force`).
 
@@ -75,7 +76,7 @@ def run_grid(
     show = _Progress(len(todo), stream, progress)
     for index, item in enumerate(todo):
         show.start(index, item.cell)
-        record = run_one(item.cell, registry, in_process=in_process, resolved=item.resolved)
+        record = run_one(item.cell, registry, in_process=in_process, resolved=item.resolved, exclusive=exclusive)
         store.write(record)
         registry.hook.harness_cell_finished(record=record)
         outcome.records.append(record)

@@ -58,6 +58,7 @@ def test_run_writes_records_and_leaderboards_then_show_and_rebuild(tmp_path, tin
     assert "MSE ↓" in out.stdout and "maml" in out.stdout and "reptile" in out.stdout
     records = list((tmp_path / "results").rglob("*.json"))
     assert len(records) == 2
+    assert all(json.loads(p.read_text())["execution"]["exclusive"] is True for p in records)
     board = tmp_path / "leaderboards" / "tiny"
     assert {p.suffix for p in board.iterdir()} >= {".md", ".csv", ".tex"}
 
@@ -65,6 +66,11 @@ def test_run_writes_records_and_leaderboards_then_show_and_rebuild(tmp_path, tin
     assert dry.returncode == 0 and dry.stdout.count("done (has record") == 2
     again = run_cli("run", "--grid", str(tiny_grid), cwd=tmp_path)
     assert "0 cells run, 2 reused" in again.stdout
+    shared = run_cli("run", "--grid", str(tiny_grid), "--shared-machine", "--algorithm", "maml",
+                     "--results", "shared", "--leaderboards", "shared-boards", cwd=tmp_path)
+    assert shared.returncode == 0, shared.stderr
+    (record,) = [json.loads(p.read_text()) for p in (tmp_path / "shared").rglob("*.json")]
+    assert record["execution"]["exclusive"] is False and "shared the machine" in shared.stdout
     assert len(list((tmp_path / "results").rglob("*.json"))) == 2
 
     shown = run_cli("show", "maml/sinusoid", cwd=tmp_path)

@@ -226,3 +226,9 @@ def test_render_terminal_and_empty_tables() -> None:
     assert "no completed cells" in render_markdown(empty, "glyphs")
     assert r"\begin{tabular}" in render_latex(empty, "glyphs")
     assert render_terminal({}) == "" and build_tables([]) == {}
+
+
+def test_a_grid_run_on_a_shared_machine_says_its_timings_are_indicative() -> None:
+    table = build_tables([make_record(seed=0, exclusive=False), make_record(seed=1, exclusive=False)])[SINE]
+    assert any("shared the machine" in n for n in table.attrs["notes"])
+    assert not any("shared the machine" in n for n in build_tables([make_record(seed=0)])[SINE].attrs["notes"])
