@@ -115,7 +115,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def cmd_run(args: argparse.Namespace, registry: Any) -> int:
     from harness.grid import load_grid
-    from harness.leaderboard import render_terminal, write_leaderboards, build_tables
+    from harness.leaderboard import build_tables, render_terminal, write_leaderboards
     from harness.results import ResultStore
     from harness.session import plan, run_grid
 

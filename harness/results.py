@@ -19,7 +19,6 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-
 from harness.errors import HarnessError, UsageError
 
 SCHEMA_VERSION = 1

@@ -23,11 +23,7 @@ package marks these algorithms unavailable with an install hint rather than brea
 from __future__ import annotations
 
 import abc
-import contextlib
-import io
-import sys
 from dataclasses import dataclass
-from types import ModuleType
 from typing import Any
 
 import torch
@@ -35,34 +31,12 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from harness import Algorithm, AlgorithmSpec, TaskBatch, TaskSuite, check_ranges, hookimpl, split_classifier
+from metaharness_plugins._learn2learn import import_learn2learn
 
 Params = dict[str, Tensor]
 
 ALPHA_PREFIX = "alpha."  # names of Meta-SGD's learned learning rates, as the native metasgd names them
 DISTANCES = ("euclidean", "cosine")
-
-
-def import_learn2learn() -> ModuleType:
-    """Import learn2learn, keeping the banner gym prints to stderr when learn2learn imports it out of
-    the user's output (learn2learn's __init__ imports its gym subpackage unconditionally; nothing here
-    uses gym). Anything else written to stderr during the import is passed through."""
-    module = sys.modules.get("learn2learn")
-    if module is not None:
-        return module
-    captured = io.StringIO()
-    try:
-        with contextlib.redirect_stderr(captured):
-            import learn2learn
-    finally:
-        text = captured.getvalue()
-        try:
-            from gym_notices.notices import notices
-        except ImportError:
-            notices = {}
-        for notice in notices.values():
-            text = text.replace(notice + "\n", "")
-        sys.stderr.write(text)
-    return learn2learn
 
 
 # --- hyper-parameters: the native algorithms' names, meanings and defaults ----------------------

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from harness import HarnessError, TaskBatch, TaskSuite, TaskSuiteSpec, UsageError, hookimpl
+from metaharness_plugins._learn2learn import import_learn2learn
 
 SPLITS = ("train", "val", "test")
 MODES = {"train": "train", "val": "validation", "test": "test"}  # learn2learn's names of the splits
@@ -224,8 +225,9 @@ def _decode_all(dataset: Any, where: str, name: Callable[[int], str]) -> torch.T
 
 def read_split(data: ImageSet, root: Path, split: str) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     """(images uint8 [N, 3, H, W], labels [N], class names by label) of one split, as learn2learn reads it."""
-    import learn2learn.vision.datasets as l2l_datasets
     import numpy as np
+
+    l2l_datasets = import_learn2learn().vision.datasets
 
     mode, files = MODES[split], ", ".join(data.files(MODES[split]))
     dataset = getattr(l2l_datasets, data.loader)(root=str(root), mode=mode, download=False)
@@ -324,7 +326,7 @@ def load_split(data: ImageSet, root: Path, split: str, image_size: int, cache_di
                            f"truncated or not the official one (get it from {data.source})") from exc
     used, labels = torch.unique(labels, return_inverse=True)
     order = labels.argsort(stable=True)
-    import learn2learn
+    learn2learn = import_learn2learn()
 
     blob = {"format": FORMAT, "key": key, "images": _resize(images[order].contiguous(), image_size),
             "counts": torch.bincount(labels, minlength=len(used)), "names": [names[int(u)] for u in used],

@@ -21,6 +21,7 @@ import torch
 from torch.utils.data import Dataset
 
 from harness import HarnessError, TaskBatch, UsageError
+from metaharness_plugins._learn2learn import import_learn2learn
 
 SAMPLERS = ("native", "learn2learn")
 INSTALL_HINT = "make learn2learn (or python scripts/install_learn2learn.py): learn2learn 0.2.0 from its sdist"
@@ -113,7 +114,7 @@ class TaskDatasetSampler:
                 raise ValueError(f"shots + query = {shots} + {query} = {per_class} images per class, but "
                                  f"class {smallest} of split {split!r} has {items.sizes[smallest]}")
         try:
-            import learn2learn
+            learn2learn = import_learn2learn()
             from learn2learn.data.transforms import ConsecutiveLabels, KShots, LoadData, NWays, RemapLabels
         except ImportError as exc:
             raise UsageError(f"sampler 'learn2learn' cannot import learn2learn ({exc}); "

@@ -6,10 +6,10 @@ from collections.abc import Callable, Iterator
 
 import pytest
 import torch
-from metaharness_plugins.backends.cpu import CPUBackend
-from metaharness_plugins.suites.sinusoid import SinusoidConfig, SinusoidSuite
 
 from harness import Algorithm, TaskBatch
+from metaharness_plugins.backends.cpu import CPUBackend
+from metaharness_plugins.suites.sinusoid import SinusoidConfig, SinusoidSuite
 
 TEST_SEED = 1234
 TEST_TASKS = 200

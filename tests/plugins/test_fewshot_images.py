@@ -16,6 +16,9 @@ from torch import nn
 from torch.func import functional_call, grad, vmap
 
 pytest.importorskip("learn2learn", reason="the suites read the files with learn2learn (make learn2learn)")
+import harness.hookspecs  # noqa: E402
+from harness import HarnessError, UsageError, cli, split_classifier  # noqa: E402
+from harness.specs import resolve_params  # noqa: E402
 from metaharness_plugins.algorithms.maml import MAML, MAMLHparams  # noqa: E402
 from metaharness_plugins.algorithms.protonet import ProtoNet, ProtoNetHparams  # noqa: E402
 from metaharness_plugins.backends.cpu import CPUBackend  # noqa: E402
@@ -29,10 +32,6 @@ from metaharness_plugins.suites.fewshot_images import (  # noqa: E402
     MiniImageNetConfig,
     check_data,
 )
-
-import harness.hookspecs  # noqa: E402
-from harness import HarnessError, UsageError, cli, split_classifier  # noqa: E402
-from harness.specs import resolve_params  # noqa: E402
 from tests.fixtures.fewshot_images import COUNTS, WRITERS, Fabricated  # noqa: E402
 
 NAMES = tuple(IMAGE_SETS)

@@ -8,14 +8,14 @@ import json
 import pluggy
 import pytest
 import torch
-from metaharness_plugins.algorithms.maml import MAML, FOMAMLHparams
-from metaharness_plugins.backends.cpu import CPUBackend
-from metaharness_plugins.suites import glyphs
-from metaharness_plugins.suites.glyphs import GlyphsConfig, GlyphsSuite, class_ranges, stroke_program
 from torch import nn
 
 import harness.hookspecs
 from harness.specs import TaskSuiteSpec
+from metaharness_plugins.algorithms.maml import MAML, FOMAMLHparams
+from metaharness_plugins.backends.cpu import CPUBackend
+from metaharness_plugins.suites import glyphs
+from metaharness_plugins.suites.glyphs import GlyphsConfig, GlyphsSuite, class_ranges, stroke_program
 
 
 @pytest.fixture(scope="module")

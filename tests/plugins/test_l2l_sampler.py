@@ -13,6 +13,7 @@ import pytest
 import torch
 
 pytest.importorskip("learn2learn", reason="learn2learn is not installed (make learn2learn)")
+from harness import TaskBatch, UsageError  # noqa: E402
 from metaharness_plugins.suites import glyphs  # noqa: E402
 from metaharness_plugins.suites.glyphs import GlyphsConfig, GlyphsSuite  # noqa: E402
 from metaharness_plugins.suites.l2l_sampler import (  # noqa: E402
@@ -22,8 +23,6 @@ from metaharness_plugins.suites.l2l_sampler import (  # noqa: E402
     check_sampler,
     missing_learn2learn,
 )
-
-from harness import TaskBatch, UsageError  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[3] / "shared" / "data" / "omniglot"
 SIZE = 10

@@ -10,16 +10,16 @@ from collections.abc import Callable
 import pluggy
 import pytest
 import torch
-from metaharness_plugins.algorithms import maml as maml_module
-from metaharness_plugins.algorithms.maml import MAML, FOMAMLHparams, MAMLHparams
-from metaharness_plugins.algorithms.pretrain import Pretrain, PretrainHparams
-from metaharness_plugins.backends.cpu import CPUBackend
-from metaharness_plugins.suites.sinusoid import SinusoidConfig, SinusoidSuite
 from torch import nn
 
 import harness.hookspecs
 from harness import Algorithm, TaskBatch
 from harness.specs import resolve_params
+from metaharness_plugins.algorithms import maml as maml_module
+from metaharness_plugins.algorithms.maml import MAML, FOMAMLHparams, MAMLHparams
+from metaharness_plugins.algorithms.pretrain import Pretrain, PretrainHparams
+from metaharness_plugins.backends.cpu import CPUBackend
+from metaharness_plugins.suites.sinusoid import SinusoidConfig, SinusoidSuite
 
 Evaluate = Callable[[Algorithm, int], torch.Tensor]
 MetaTrain = Callable[..., list[float]]

@@ -7,14 +7,14 @@ from collections.abc import Callable
 import pluggy
 import pytest
 import torch
-from metaharness_plugins.algorithms import metasgd as metasgd_module
-from metaharness_plugins.algorithms.metasgd import MetaSGD, MetaSGDHparams
-from metaharness_plugins.backends.cpu import CPUBackend
-from metaharness_plugins.suites.sinusoid import SinusoidConfig, SinusoidSuite
 from torch import nn
 
 import harness.hookspecs
 from harness import Algorithm, TaskBatch
+from metaharness_plugins.algorithms import metasgd as metasgd_module
+from metaharness_plugins.algorithms.metasgd import MetaSGD, MetaSGDHparams
+from metaharness_plugins.backends.cpu import CPUBackend
+from metaharness_plugins.suites.sinusoid import SinusoidConfig, SinusoidSuite
 
 Evaluate = Callable[[Algorithm, int], torch.Tensor]
 MetaTrain = Callable[..., list[float]]

@@ -8,14 +8,14 @@ from collections.abc import Callable
 import pluggy
 import pytest
 import torch
-from metaharness_plugins.algorithms import reptile as reptile_module
-from metaharness_plugins.algorithms.reptile import Reptile, ReptileHparams
-from metaharness_plugins.backends.cpu import CPUBackend
-from metaharness_plugins.suites.sinusoid import SinusoidSuite
 from torch import nn
 
 import harness.hookspecs
 from harness import Algorithm, TaskBatch
+from metaharness_plugins.algorithms import reptile as reptile_module
+from metaharness_plugins.algorithms.reptile import Reptile, ReptileHparams
+from metaharness_plugins.backends.cpu import CPUBackend
+from metaharness_plugins.suites.sinusoid import SinusoidSuite
 
 Evaluate = Callable[[Algorithm, int], torch.Tensor]
 MetaTrain = Callable[..., list[float]]

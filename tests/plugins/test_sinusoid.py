@@ -7,13 +7,13 @@ import math
 import pluggy
 import pytest
 import torch
-from metaharness_plugins.suites import sinusoid
-from metaharness_plugins.suites.sinusoid import SinusoidConfig, SinusoidSuite
 from torch import nn
 
 import harness.hookspecs
 from harness.errors import UsageError
 from harness.specs import TaskSuiteSpec, resolve_params
+from metaharness_plugins.suites import sinusoid
+from metaharness_plugins.suites.sinusoid import SinusoidConfig, SinusoidSuite
 
 
 def _fit_sine(x: torch.Tensor, y: torch.Tensor) -> tuple[float, float, float]:
