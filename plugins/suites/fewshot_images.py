@@ -28,6 +28,7 @@ from torch import nn
 
 from harness import HarnessError, TaskBatch, TaskSuite, TaskSuiteSpec, UsageError, hookimpl
 from metaharness_plugins._learn2learn import import_learn2learn
+from metaharness_plugins.suites.l2l_sampler import TaskDatasetSampler, check_sampler, missing_learn2learn
 
 SPLITS = ("train", "val", "test")
 MODES = {"train": "train", "val": "validation", "test": "test"}  # learn2learn's names of the splits
@@ -84,7 +85,9 @@ class FewShotImagesConfig:
     learn2learn would be given as `root` (None: `$HARNESS_DATA/<suite>`, else `$HARNESS_DATA`);
     `cache_dir` None means `$HARNESS_CACHE/<suite>`, else `~/.cache/metaharness/<suite>`. `model`:
     conv4 (32 filters, MAML's mini-ImageNet model), conv4-64 (ProtoNets'), conv4-nopool (32 filters,
-    stride-2 convolutions instead of max-pools), resnet12 (learn2learn's)."""
+    stride-2 convolutions instead of max-pools), resnet12 (learn2learn's). `sampler` "native" draws
+    episodes with this module's vectorised sampler, "learn2learn" with learn2learn's TaskDataset
+    (`l2l_sampler`): the same task distribution, other episodes."""
 
     ways: int = 5
     shots: int = 1
@@ -93,9 +96,11 @@ class FewShotImagesConfig:
     model: str = "conv4"
     data_root: str | None = None
     cache_dir: str | None = None
+    sampler: str = "native"
     dataset: ClassVar[str] = ""
 
     def __post_init__(self) -> None:
+        check_sampler(self.sampler)
         for name in ("ways", "shots", "query", "image_size"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -185,7 +190,7 @@ def check_data(cfg: FewShotImagesConfig) -> str:
         find_data_root(cfg)
     except UsageError as exc:
         return str(exc)
-    return ""
+    return missing_learn2learn() if cfg.sampler == "learn2learn" else ""
 
 
 # --- reading the files with learn2learn, once -----------------------------------------------------------
@@ -414,6 +419,10 @@ class FewShotImagesSuite(TaskSuite):
                 raise UsageError(f"shots + query = {cfg.shots} + {cfg.query} = {per_class} images per class, "
                                  f"but class {data.names[smallest]} of the {title} {split} split has "
                                  f"{int(data.counts[smallest])}")
+        self._l2l: TaskDatasetSampler | None = None
+        if cfg.sampler == "learn2learn":
+            self._l2l = TaskDatasetSampler.from_class_slices(
+                {s: (d.images, d.offsets, d.counts) for s, d in self.splits.items()}, cfg.ways, cfg.shots, cfg.query)
 
     def sample(self, n_tasks: int, generator: torch.Generator, split: str) -> TaskBatch:
         """`n_tasks` episodes: support_x [n, ways*shots, 3, S, S] float32 RGB in [0, 1] (no mean/std
@@ -423,6 +432,8 @@ class FewShotImagesSuite(TaskSuite):
             raise ValueError(f"unknown split {split!r}; valid splits: {', '.join(SPLITS)}")
         if not isinstance(n_tasks, int) or isinstance(n_tasks, bool) or n_tasks < 1:
             raise ValueError(f"n_tasks must be a positive integer, got {n_tasks!r}")
+        if self._l2l is not None:
+            return self._l2l.sample(n_tasks, generator, split)
         cfg, data = self.config, self.splits[split]
         per_class, size = cfg.shots + cfg.query, cfg.image_size
         # Sorting uniform keys gives a uniform random permutation per row: its first `ways` entries are
@@ -476,6 +487,7 @@ class FewShotImagesSuite(TaskSuite):
                        for split, d in self.splits.items()},
             "official_classes": dict(zip(SPLITS, self.data_set.classes)),
             "pixels": "float32 RGB in [0, 1], no mean/std normalisation",
+            "sampler": self._l2l.describe() if self._l2l is not None else {"name": "native"},
             "model": model + {"conv4": " (32 filters, MAML)", "conv4-64": " (64 filters, ProtoNets)",
                               "conv4-nopool": " (32 filters, stride-2 convolutions, MAML's no-pool variant)",
                               "resnet12": " (learn2learn ResNet12Backbone 64-160-320-640, DropBlock off, "

@@ -175,6 +175,25 @@ def test_uneven_classes_reach_every_image_and_only_their_own(suites: dict, fabri
     assert seen == {("train", c, i) for c, n in zip(names, COUNTS["train"]) for i in range(n)}
 
 
+def test_learn2learn_sampler_draws_valid_episodes_from_the_same_uneven_classes(fabricated: dict) -> None:
+    made = fabricated["tiered-imagenet"]
+    suite = make("tiered-imagenet", made.root, made.root / "cache-l2l", sampler="learn2learn", shots=2, query=4)
+    assert suite.describe()["sampler"]["name"] == "learn2learn"
+    batch = suite.sample(80, torch.Generator().manual_seed(2), "train")
+    again = suite.sample(80, torch.Generator().manual_seed(2), "train")
+    assert torch.equal(batch.support_x, again.support_x) and torch.equal(batch.query_y, again.query_y)
+    assert batch.support_y.tolist() == [[0, 0, 1, 1, 2, 2]] * 80
+    seen = set()
+    for i in range(80):
+        images = trace(batch.support_x[i], made.lookup) + trace(batch.query_x[i], made.lookup)
+        labels = batch.support_y[i].tolist() + batch.query_y[i].tolist()
+        assert len(set(images)) == 18 and {s for s, _, _ in images} == {"train"}
+        assert all(len({c for (_, c, _), y in zip(images, labels) if y == label}) == 1 for label in range(3))
+        seen |= set(images)
+    names = made.classes["train"]
+    assert seen == {("train", c, i) for c, n in zip(names, COUNTS["train"]) for i in range(n)}
+
+
 def test_same_seed_same_episodes_different_seed_different(suites: dict, fabricated: dict) -> None:
     suite = suites["fc100"]
     rebuilt = make("fc100", fabricated["fc100"].root, suite.splits["train"].cache_file.parent)
