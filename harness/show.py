@@ -75,6 +75,15 @@ def _environment_pairs(env: Mapping[str, Any]) -> list[tuple[str, Any]]:
     ]
 
 
+def _flatten(value: Any, prefix: str = "") -> list[tuple[str, Any]]:
+    """Nested dicts as dotted keys (`model.batch_norm`); lists of dicts item by item (`archives.0.path`)."""
+    if isinstance(value, dict):
+        return [pair for k, v in value.items() for pair in _flatten(v, f"{prefix}.{k}" if prefix else str(k))]
+    if isinstance(value, list) and any(isinstance(v, dict) for v in value):
+        return [pair for i, v in enumerate(value) for pair in _flatten(v, f"{prefix}.{i}")]
+    return [(prefix, ", ".join(map(str, value)) if isinstance(value, list) else value)]
+
+
 def format_record(record: Mapping[str, Any], path: Path | None = None) -> str:
     """A multi-section, human-readable account of one record, for `harness show`."""
     execution = ", ".join(f"{k}={v}" for k, v in (record.get("execution") or {}).items())
@@ -120,6 +129,8 @@ def format_record(record: Mapping[str, Any], path: Path | None = None) -> str:
             "Size",
             _kv([("peak memory", peak), ("parameters", f"{params:,}" if params is not None else None)]),
         )
+    if record.get("suite_info"):
+        section("Suite", _kv(_flatten(record["suite_info"])))
     curve = _thin(record.get("curve") or [])
     if curve:
         keys = ("train_loss", "val_metric")

@@ -38,3 +38,15 @@ def test_human_bytes() -> None:
     assert human_bytes(1536) == "1.5 KiB"
     assert human_bytes(3 * 2**30) == "3.0 GiB"
     assert human_bytes(None) == "-"
+
+
+def test_suite_description_is_shown_with_dotted_keys() -> None:
+    record = {**make_record(), "suite_info": {"model": {"name": "conv4", "batch_norm": "batch statistics"},
+                                              "archives": [{"path": "$HARNESS_DATA/omniglot/a.zip", "sha256": "ab"}],
+                                              "alphabets": ["Greek", "Latin"]}}
+    text = format_record(record)
+    assert "Suite\n-----" in text
+    for needle in ("model.batch_norm", "batch statistics", "archives.0.path", "$HARNESS_DATA/omniglot/a.zip",
+                   "Greek, Latin"):
+        assert needle in text, needle
+    assert "Suite\n-----" not in format_record(make_record())
