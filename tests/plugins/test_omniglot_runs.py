@@ -426,4 +426,4 @@ threads = 1
     assert metric["mean"] < 0.7, f"error rate {metric['mean']:.3f} after meta-training; chance is 0.95"
     test_split = record["suite_info"]["splits"]["test"]
     assert test_split["runs"] == 20 and test_split["runs_dir"] == str(runs[0])
-    assert "error_rate ↓" in out.stdout
+    assert "error rate ↓" in out.stdout  # the leaderboard names the measure in words
