@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from harness import HarnessError, TaskBatch, TaskSuite, TaskSuiteSpec, UsageError, hookimpl
+from harness.cache import save_atomic
 from metaharness_plugins._learn2learn import import_learn2learn
 from metaharness_plugins.suites.l2l_sampler import TaskDatasetSampler, check_sampler, missing_learn2learn
 
@@ -339,15 +339,7 @@ def load_split(data: ImageSet, root: Path, split: str, image_size: int, cache_di
             "learn2learn": learn2learn.__version__}
     del images
     try:
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        # Written to a temporary file and renamed, so concurrent cells never read half a file.
-        fd, tmp = tempfile.mkstemp(prefix=cache_file.name, suffix=".tmp", dir=cache_dir)
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                torch.save(blob, handle)
-            os.replace(tmp, cache_file)
-        finally:
-            Path(tmp).unlink(missing_ok=True)
+        save_atomic(blob, cache_file)
     except OSError as exc:
         raise UsageError(f"cannot write the {data.title} cache file {cache_file}: {exc}; set the suite "
                          f"option cache_dir or ${CACHE_ENV} to a writable directory") from exc

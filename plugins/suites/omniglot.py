@@ -22,7 +22,6 @@ import hashlib
 import io
 import itertools
 import os
-import tempfile
 import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -33,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from harness import HarnessError, TaskBatch, TaskSuite, TaskSuiteSpec, UsageError, hookimpl
+from harness.cache import save_atomic
 from metaharness_plugins.suites.l2l_sampler import TaskDatasetSampler, check_sampler, missing_learn2learn
 from metaharness_plugins.suites.omniglot_download import (
     DOWNLOAD_MODES,
@@ -259,15 +259,7 @@ def load_characters(paths: Sequence[Path], image_size: int, cache_dir: Path) -> 
     blob = {"format": FORMAT, "archives": list(hashes), "images": images,
             "alphabets": [a for a, _ in characters], "folders": [f for _, f in characters]}
     try:
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        # Written to a temporary file and renamed, so concurrent cells never read half a file.
-        fd, tmp = tempfile.mkstemp(prefix=cache_file.name, suffix=".tmp", dir=cache_dir)
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                torch.save(blob, handle)
-            os.replace(tmp, cache_file)
-        finally:
-            Path(tmp).unlink(missing_ok=True)
+        save_atomic(blob, cache_file)
     except OSError as exc:
         raise UsageError(f"cannot write the Omniglot cache file {cache_file}: {exc}; set the suite option "
                          f"cache_dir or ${CACHE_ENV} to a writable directory") from exc
