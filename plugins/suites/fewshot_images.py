@@ -28,6 +28,7 @@ from torch import nn
 from harness import HarnessError, TaskBatch, TaskSuite, TaskSuiteSpec, UsageError, hookimpl
 from harness.cache import save_atomic
 from metaharness_plugins._learn2learn import import_learn2learn
+from metaharness_plugins.backbones import conv4
 from metaharness_plugins.suites.l2l_sampler import TaskDatasetSampler, check_sampler, missing_learn2learn
 
 SPLITS = ("train", "val", "test")
@@ -454,7 +455,8 @@ class FewShotImagesSuite(TaskSuite):
         cfg = self.config
         if cfg.model == "resnet12":
             return resnet12(cfg.ways)
-        return conv4(cfg.ways, cfg.image_size, filters=64 if cfg.model == "conv4-64" else 32,
+        # MAML's mini-ImageNet conv4 has 32 filters (section 5.2, against overfitting), ProtoNets' 64.
+        return conv4(3, 64 if cfg.model == "conv4-64" else 32, cfg.ways, cfg.image_size,
                      pool=cfg.model != "conv4-nopool")
 
     def loss(self, prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -489,21 +491,6 @@ class FewShotImagesSuite(TaskSuite):
 
 
 # --- models -------------------------------------------------------------------------------------------------
-
-
-def conv4(ways: int, image_size: int, filters: int = 32, pool: bool = True) -> nn.Sequential:
-    """4 x [3x3 conv, batch norm, ReLU, 2x2 max-pool], flatten, linear to `ways` logits: MAML's
-    mini-ImageNet model with 32 filters (section 5.2, against overfitting), ProtoNets' with 64 (section
-    3.2). Without `pool`, stride-2 convolutions replace the max-pools and the last feature map is
-    averaged (MAML's no-max-pool variant). Batch norm uses batch statistics only (`BATCH_NORM`)."""
-    layers: list[nn.Module] = []
-    for i in range(4):
-        layers += [nn.Conv2d(3 if i == 0 else filters, filters, 3, stride=1 if pool else 2, padding=1),
-                   nn.BatchNorm2d(filters, track_running_stats=False), nn.ReLU()]
-        layers += [nn.MaxPool2d(2)] if pool else []
-    side = image_size // 16 if pool else 1
-    layers += [nn.Flatten()] if pool else [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
-    return nn.Sequential(*layers, nn.Linear(filters * side * side, ways))
 
 
 def batch_statistics_only(model: nn.Module) -> nn.Module:

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from harness import TaskBatch, TaskSuite, TaskSuiteSpec, hookimpl
+from metaharness_plugins.backbones import conv4
 from metaharness_plugins.suites.l2l_sampler import TaskDatasetSampler, check_sampler, missing_learn2learn
 
 MODELS = ("conv4", "conv4-nopool")
@@ -308,15 +309,7 @@ class GlyphsSuite(TaskSuite):
     def build_model(self) -> nn.Module:
         """conv4 (4 x [3x3 conv 64, batch norm with batch statistics, ReLU, 2x2 max-pool], linear to
         `ways`) or conv4-nopool (stride-2 convolutions, global average), as the Omniglot suite builds."""
-        pool = self.config.model == "conv4"
-        layers: list[nn.Module] = []
-        for i in range(4):
-            layers += [nn.Conv2d(1 if i == 0 else FILTERS, FILTERS, 3, stride=1 if pool else 2, padding=1),
-                       nn.BatchNorm2d(FILTERS, track_running_stats=False), nn.ReLU()]
-            layers += [nn.MaxPool2d(2)] if pool else []
-        side = self.config.image_size // 16 if pool else 1
-        layers += [nn.Flatten()] if pool else [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
-        return nn.Sequential(*layers, nn.Linear(FILTERS * side * side, self.config.ways))
+        return conv4(1, FILTERS, self.config.ways, self.config.image_size, pool=self.config.model == "conv4")
 
     def loss(self, prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Cross-entropy of the logits."""

@@ -33,6 +33,7 @@ from torch import nn
 
 from harness import HarnessError, TaskBatch, TaskSuite, TaskSuiteSpec, UsageError, hookimpl
 from harness.cache import save_atomic
+from metaharness_plugins.backbones import conv4
 from metaharness_plugins.suites.l2l_sampler import TaskDatasetSampler, check_sampler, missing_learn2learn
 from metaharness_plugins.suites.omniglot_download import (
     DOWNLOAD_MODES,
@@ -496,15 +497,7 @@ class OmniglotSuite(TaskSuite):
                 layers += [nn.Linear(width_in, width_out),
                            nn.BatchNorm1d(width_out, track_running_stats=False), nn.ReLU()]
             return nn.Sequential(*layers, nn.Linear(widths[-1], cfg.ways))
-        pool = cfg.model == "conv4"
-        layers = []
-        for i in range(4):
-            layers += [nn.Conv2d(1 if i == 0 else FILTERS, FILTERS, 3, stride=1 if pool else 2, padding=1),
-                       nn.BatchNorm2d(FILTERS, track_running_stats=False), nn.ReLU()]
-            layers += [nn.MaxPool2d(2)] if pool else []
-        side = cfg.image_size // 16 if pool else 1
-        layers += [nn.Flatten()] if pool else [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
-        return nn.Sequential(*layers, nn.Linear(FILTERS * side * side, cfg.ways))
+        return conv4(1, FILTERS, cfg.ways, cfg.image_size, pool=cfg.model == "conv4")
 
     def loss(self, prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Cross-entropy of the logits, the papers' classification loss."""

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from harness import HarnessError, TaskBatch, TaskSuite, TaskSuiteSpec, UsageError, hookimpl
+from metaharness_plugins.backbones import conv4
 from metaharness_plugins.suites.omniglot import (
     CACHE_ENV,
     DATA_ENV,
@@ -244,19 +245,6 @@ def background_splits(
             "val": tuple(n for n in names if n in held_out)}
 
 
-def conv4(image_size: int, ways: int, pool: bool = True) -> nn.Sequential:
-    """The omniglot suite's conv4: 4 x [3x3 conv 64, batch norm (batch statistics only), ReLU, 2x2 max-pool],
-    flatten, linear to `ways` logits; without `pool`, stride-2 convolutions and a global average."""
-    layers: list[nn.Module] = []
-    for i in range(4):
-        layers += [nn.Conv2d(1 if i == 0 else FILTERS, FILTERS, 3, stride=1 if pool else 2, padding=1),
-                   nn.BatchNorm2d(FILTERS, track_running_stats=False), nn.ReLU()]
-        layers += [nn.MaxPool2d(2)] if pool else []
-    side = image_size // 16 if pool else 1
-    layers += [nn.Flatten()] if pool else [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
-    return nn.Sequential(*layers, nn.Linear(FILTERS * side * side, ways))
-
-
 class OmniglotRunsSuite(TaskSuite):
     """Meta-train on background alphabets, test on Lake et al.'s one-shot runs; scored by error rate."""
 
@@ -378,7 +366,7 @@ class OmniglotRunsSuite(TaskSuite):
 
     def build_model(self) -> nn.Module:
         """The omniglot suite's conv4 (or conv4-nopool) with 20 logits, one per class of a run."""
-        return conv4(self.config.image_size, WAYS, pool=self.config.model == "conv4")
+        return conv4(1, FILTERS, WAYS, self.config.image_size, pool=self.config.model == "conv4")
 
     def loss(self, prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Cross-entropy of the logits."""

@@ -1,0 +1,27 @@
+"""The conv4 backbone the bundled image suites share (a helper module, not a plugin).
+
+conv4 is the 4 x [3x3 conv, batch norm, ReLU, 2x2 max-pool] network of Finn et al. 2017 (MAML, section
+5.2) and Snell et al. 2017 (ProtoNets, section 3.2), flattened into a linear classifier. Batch norm uses
+batch statistics always (`track_running_stats=False`), as MAML's code does at train and test time (the
+transductive setting): no running buffers, so it works under `torch.func.functional_call` and `vmap`
+over tasks, and a task's statistics never leak into another's. Without `pool`, stride-2 convolutions
+replace the max-pools and the last feature map is averaged (MAML's no-max-pool Omniglot variant,
+cbfinn/maml `max_pool=False`).
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+
+def conv4(in_channels: int, filters: int, ways: int, image_size: int, pool: bool = True) -> nn.Sequential:
+    """conv4 with `filters` channels per layer on `in_channels` x `image_size`^2 images, `ways` logits."""
+    layers: list[nn.Module] = []
+    for i in range(4):
+        channels = in_channels if i == 0 else filters
+        layers += [nn.Conv2d(channels, filters, 3, stride=1 if pool else 2, padding=1),
+                   nn.BatchNorm2d(filters, track_running_stats=False), nn.ReLU()]
+        layers += [nn.MaxPool2d(2)] if pool else []
+    side = image_size // 16 if pool else 1
+    layers += [nn.Flatten()] if pool else [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
+    return nn.Sequential(*layers, nn.Linear(filters * side * side, ways))
