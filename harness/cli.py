@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -73,8 +75,10 @@ def build_parser(registry: Any | None = None) -> argparse.ArgumentParser:
                      help="run cells in this process (for debugging: no hard timeout, memory less clean)")
     run.add_argument("--no-progress", action="store_true", help="one line per cell instead of a progress bar")
     run.add_argument("--shared-machine", action="store_true",
-                     help="other work runs on this machine meanwhile (e.g. two grids at once): records say their "
-                          "timings are not exclusive, and leaderboards note it")
+                     help="other work runs on this machine meanwhile: records say their timings are not exclusive, "
+                          "and leaderboards note it (other harness runs are noticed without it)")
+    run.add_argument("--max-cells", type=_positive_int, metavar="N",
+                     help="refuse a grid that expands to more than N cells (default: the grid's max_cells, else 100000)")
     if registry is not None:
         group = run.add_argument_group("plugin options")
         registry.hook.harness_addoption.call_historic(kwargs={"parser": group})
@@ -86,7 +90,8 @@ def build_parser(registry: Any | None = None) -> argparse.ArgumentParser:
     board.add_argument("--results", type=Path, default=Path("results"), metavar="DIR")
     board.add_argument("--out", type=Path, default=Path("leaderboards"), metavar="DIR")
     board.add_argument("--format", type=_formats, default=list(FORMATS), metavar="md,csv,latex", dest="formats")
-    board.add_argument("--grid", action="append", default=[], metavar="NAME", help="only records of this grid")
+    board.add_argument("--grid", action="append", default=[], metavar="NAME|PATH.toml",
+                       help="only this grid's tables (repeatable; default: every grid the records name)")
 
     show = sub.add_parser("show", parents=[common], help="print one record")
     show.add_argument("cell_id", metavar="CELL_ID", help="a cell id, a unique prefix of one, or a record file")
@@ -94,9 +99,49 @@ def build_parser(registry: Any | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+class Interrupted(BaseException):
+    """SIGTERM or SIGHUP, raised in the main thread like KeyboardInterrupt so that every `finally` runs
+    (cells' process trees are killed, claims released) before the harness exits."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+_interrupted: list[int] = []
+
+
+def _on_signal(signum: int, frame: Any) -> None:
+    """The first SIGINT, SIGTERM or SIGHUP interrupts the run; later ones are ignored while it cleans up."""
+    if _interrupted:
+        return
+    _interrupted.append(signum)
+    if signum == signal.SIGINT:
+        raise KeyboardInterrupt
+    raise Interrupted(signum)
+
+
+def _install_signal_handlers() -> dict[int, Any]:
+    """Route SIGINT, SIGTERM and SIGHUP to `_on_signal`; return the handlers they had."""
+    previous = {}
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        with contextlib.suppress(ValueError, OSError):  # not in the main thread (an embedding program)
+            if signal.getsignal(sig) is not signal.SIG_IGN:  # e.g. nohup: ignored hang-ups stay ignored
+                previous[sig] = signal.signal(sig, _on_signal)
+    return previous
+
+
+def _err(line: str) -> None:
+    with contextlib.suppress(OSError, ValueError):  # after a hang-up the terminal is gone
+        print(line, file=sys.stderr, flush=True)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `harness` console script; returns the exit code."""
+    called = argv is not None  # by a program (or a test), not as the `harness` command
     argv = list(sys.argv[1:] if argv is None else argv)
+    _interrupted.clear()
+    previous = _install_signal_handlers()
     try:
         from harness.registry import build_plugin_manager
 
@@ -106,21 +151,35 @@ def main(argv: Sequence[str] | None = None) -> int:
             kwargs={"config": SimpleNamespace(options=args, registry=registry)})
         return COMMANDS[args.command](args, registry)
     except HarnessError as exc:
-        print(f"harness: error: {exc}", file=sys.stderr)
+        _err(f"harness: error: {exc}")
         return 2
     except KeyboardInterrupt:
-        print("harness: interrupted; records of finished cells are kept", file=sys.stderr)
-        return 130
+        _err("harness: interrupted; records of finished cells are kept")
+        return 128 + signal.SIGINT
+    except Interrupted as exc:
+        _err(f"harness: interrupted by {signal.Signals(exc.signum).name}; records of finished cells are kept")
+        return 128 + exc.signum
+    finally:
+        _interrupted.append(0)  # from here on a signal changes nothing: the work is done, the exit code set
+        if called:  # a program that calls main() and goes on gets its own handlers back
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        else:  # the command is exiting with its exit code set: a late signal must not kill the interpreter
+            # mid-shutdown, when Python puts the default handlers back (it leaves ignored signals ignored)
+            for sig in previous:
+                signal.signal(sig, signal.SIG_IGN)
 
 
 def cmd_run(args: argparse.Namespace, registry: Any) -> int:
+    from harness.files import check_output_dir, create_output_dir, remove_stale_temp_files
     from harness.grid import load_grid
-    from harness.leaderboard import build_tables, render_terminal, write_leaderboards
+    from harness.leaderboard import render_terminal, write_tables
+    from harness.publish import grid_tables
     from harness.results import ResultStore
     from harness.session import plan, run_grid
 
     grid = load_grid(args.grid, registry, algorithms=args.algorithm, suites=args.suite,
-                     backends=args.backend, seeds=args.seeds)
+                     backends=args.backend, seeds=args.seeds, max_cells=args.max_cells)
     store = ResultStore(args.results)
     if args.dry_run:
         planned = plan(grid, registry, store, force=args.force)
@@ -130,17 +189,29 @@ def cmd_run(args: argparse.Namespace, registry: Any) -> int:
             print(f"  {item.cell.id}  [{mark}]")
         for skipped in grid.skipped:
             print(f"  {skipped.cell.id}  [{skipped.status}: {skipped.reason}]")
+        for problem in store.problems:
+            _err(f"harness: warning: {problem}")
         return 0
     if not grid.cells and not grid.skipped:
         raise UsageError(f"grid {grid.name!r} has no cells after filtering")
+    check_output_dir(args.results, "--results folder")
+    check_output_dir(args.leaderboards, "--leaderboards folder")
+    create_output_dir(args.results, "--results folder")
+    create_output_dir(args.leaderboards, "--leaderboards folder")
+    store.save_grid(grid.name, Path(grid.source).read_text(encoding="utf-8"))
     outcome = run_grid(grid, registry, store, force=args.force, in_process=args.in_process,
                        progress=False if args.no_progress else None, exclusive=not args.shared_machine)
-    written = write_leaderboards(outcome.records, args.leaderboards, formats=args.formats)
-    print(render_terminal(build_tables(outcome.records)))
-    print(f"\n{outcome.ran} cells run, {outcome.reused} reused from {args.results}/, "
+    tables, warnings = grid_tables([args.grid], registry, store)  # the whole grid's, whatever the filters
+    for warning in warnings:
+        _err(f"harness: warning: {warning}")
+    remove_stale_temp_files([args.leaderboards])
+    written = write_tables(tables, args.leaderboards, args.formats)
+    print(render_terminal(tables))
+    others = f", {outcome.by_others} run by other harness processes" if outcome.by_others else ""
+    print(f"\n{outcome.ran} cells run, {outcome.reused} reused from {args.results}/{others}, "
           f"{len(grid.skipped)} skipped; {len(written)} leaderboard files in {args.leaderboards}/")
     for record in outcome.failed:
-        print(f"  {record['status'].upper()}: {record['cell_id']}: {record['reason']}", file=sys.stderr)
+        _err(f"  {record['status'].upper()}: {record['cell_id']}: {record['reason']}")
     return 1 if outcome.failed else 0
 
 
@@ -192,21 +263,23 @@ def cmd_list(args: argparse.Namespace, registry: Any) -> int:
 
 
 def cmd_leaderboard(args: argparse.Namespace, registry: Any) -> int:
-    from harness.leaderboard import build_tables, render_terminal, write_leaderboards
+    from harness.files import check_output_dir, remove_stale_temp_files
+    from harness.leaderboard import render_terminal, write_tables
+    from harness.publish import grid_tables
     from harness.results import ResultStore
 
-    store = ResultStore(args.results)
     if not args.results.is_dir():
         raise UsageError(f"results directory {args.results} does not exist (run `harness run` first or pass --results DIR)")
-    records = list(store.iter_records())
-    if args.grid:
-        records = [r for r in records if r.get("cell", {}).get("grid") in args.grid]
-    if not records:
-        raise UsageError(f"no records found in {args.results}" + (f" for grid(s) {', '.join(args.grid)}" if args.grid else ""))
-    for problem in store.problems:
-        print(f"harness: warning: {problem}", file=sys.stderr)
-    written = write_leaderboards(records, args.out, formats=args.formats)
-    print(render_terminal(build_tables(records)))
+    check_output_dir(args.out, "--out folder")
+    store = ResultStore(args.results)
+    tables, warnings = grid_tables(args.grid, registry, store)
+    for line in [*store.problems, *warnings]:
+        _err(f"harness: warning: {line}")
+    if not tables:
+        raise UsageError(f"no readable records in {args.results}")
+    remove_stale_temp_files([args.out])
+    written = write_tables(tables, args.out, args.formats)
+    print(render_terminal(tables))
     print(f"\n{len(written)} files written under {args.out}/")
     return 0
 
@@ -215,7 +288,11 @@ def cmd_show(args: argparse.Namespace, registry: Any) -> int:
     from harness.results import ResultStore
     from harness.show import format_record
 
-    print(format_record(ResultStore(args.results).find(args.cell_id)))
+    store = ResultStore(args.results)
+    record = store.find(args.cell_id)
+    for problem in store.problems:
+        _err(f"harness: warning: {problem}")
+    print(format_record(record))
     return 0
 
 

@@ -18,6 +18,14 @@ class PluginError(HarnessError):
     """A plugin is broken: it failed to import, registered a duplicate name, or misspelt a hook."""
 
 
+class ParamError(UsageError):
+    """A bad hyper-parameter, suite option or budget value; `key` names the field when one is to blame."""
+
+    def __init__(self, message: str, key: str | None = None) -> None:
+        super().__init__(message)
+        self.key = key
+
+
 class GridError(UsageError):
     """A grid file is malformed or names something impossible; the message carries file:line and key."""
 
@@ -28,4 +36,5 @@ def unknown_name(kind: str, name: str, valid: Iterable[str]) -> UsageError:
     close = difflib.get_close_matches(name, valid, n=1, cutoff=0.5)
     hint = f" Did you mean {close[0]!r}?" if close else ""
     listing = ", ".join(valid) if valid else "(none registered)"
-    return UsageError(f"unknown {kind} {name!r}.{hint} Valid {kind}s: {listing}.")
+    noun, of, owner = kind.partition(" of ")
+    return UsageError(f"unknown {kind} {name!r}.{hint} Valid {noun}s{of}{owner}: {listing}.")

@@ -30,22 +30,26 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import math
 import re
 import sys
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness.errors import GridError, UsageError, unknown_name
-from harness.specs import Budget, Cell, is_sequence_field, params_dict, resolve_params
+from harness.errors import GridError, ParamError, UsageError, unknown_name
+from harness.specs import MAX_SEED, Budget, Cell, is_sequence_field, params_dict, resolve_params
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
 
-TOP_KEYS = {"name", "description", "seeds", "backends", "budget", "block", "reported"}
+TOP_KEYS = {"name", "description", "seeds", "backends", "budget", "block", "reported", "max_cells"}
+#: The most cells a grid may expand to unless it says otherwise (`max_cells`, `--max-cells`).
+MAX_CELLS = 100_000
 BLOCK_KEYS = {"algorithms", "suites", "seeds", "backends", "budget", "name"}
 
 
@@ -91,11 +95,18 @@ class _Where:
 
 
 def read_grid_file(path: Path) -> tuple[dict[str, Any], _Where]:
-    """Parse a TOML grid file; syntax errors name the file, line and column."""
+    """Parse a TOML grid file; syntax errors name the file, line and column, and bytes that are not
+    UTF-8 (which TOML requires) name the line and byte offset."""
     try:
-        text = path.read_text(encoding="utf-8")
+        raw = path.read_bytes()
     except OSError as exc:
         raise UsageError(f"cannot read grid file {path}: {exc.strerror}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise GridError(f"{path}:{line}: not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset {exc.start}); "
+                        "TOML grid files must be saved as UTF-8") from None
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -121,6 +132,22 @@ def resolve_grid_source(name_or_path: str, registry: Any) -> Path:
     return registry.grid_path(name_or_path)
 
 
+@dataclass
+class _Block:
+    """One [[block]] read and checked but not yet expanded; `size` is how many cells it can give."""
+
+    index: int
+    line: int
+    budget: Budget
+    seeds: Sequence[int]
+    backends: list[str]
+    algorithms: list[tuple[str, dict]]
+    suites: list[tuple[str, dict]]
+    all_algorithms: bool
+    all_suites: bool
+    size: int
+
+
 def load_grid(
     name_or_path: str,
     registry: Any,
@@ -128,14 +155,19 @@ def load_grid(
     algorithms: Sequence[str] = (),
     suites: Sequence[str] = (),
     backends: Sequence[str] = (),
-    seeds: int | None = None,
+    seeds: int | Sequence[int] | None = None,
+    max_cells: int | None = None,
+    runnable_only: bool = True,
 ) -> Grid:
     """Read, validate and expand a grid, applying the CLI's filters and overrides.
 
     Every name and parameter is checked before anything runs; errors carry file:line and key.
     `algorithms`/`suites` keep only cells of those names, and add a name a block does not mention
-    with default parameters (a new plugin runs on the grid's suites); `backends` replaces the grid's backends;
-    `seeds` replaces its seeds with 0..seeds-1.
+    with default parameters (a new plugin runs on the grid's suites); `backends` replaces the grid's
+    backends; `seeds` replaces its seeds (N: seeds 0..N-1, or a list). The number of cells is counted
+    before any is built: more than `max_cells` (else the grid's `max_cells`, else MAX_CELLS) is an
+    error. A suite named explicitly that cannot run here (its data is missing) is an error, unless
+    `runnable_only` is False (leaderboards of records made elsewhere): then its cells are `unavailable`.
     """
     for name in algorithms:
         registry.algorithm(name)
@@ -143,87 +175,115 @@ def load_grid(
         registry.suite(name)
     for name in backends:
         registry.backend(name)
-    if seeds is not None and (not isinstance(seeds, int) or seeds < 1):
-        raise UsageError(f"--seeds must be a positive integer, got {seeds!r}")
+    if seeds is not None:
+        seeds = _seeds(seeds, None, "--seeds")
+    if max_cells is not None and (not isinstance(max_cells, int) or max_cells < 1):
+        raise UsageError(f"--max-cells must be a positive integer, got {max_cells!r}")
     path = resolve_grid_source(name_or_path, registry)
     data, where = read_grid_file(path)
     _check_keys(data, TOP_KEYS, where, "the top level")
+    for key in ("name", "description"):
+        if key in data and (not isinstance(data[key], str) or (key == "name" and not data[key].strip())):
+            raise where.error(key, f"must be a{' non-empty' if key == 'name' else ''} string, got {data[key]!r}")
+    limit = max_cells or _max_cells(data.get("max_cells", MAX_CELLS), where)
     grid = Grid(name=str(data.get("name", path.stem)), description=str(data.get("description", "")), source=str(path))
-    blocks = data.get("block", [])
-    if not isinstance(blocks, list) or not blocks:
-        raise where.error("block", "a grid needs at least one [[block]] with algorithms and suites")
+    raw_blocks = data.get("block", [])
+    if not isinstance(raw_blocks, list) or not raw_blocks or not all(isinstance(b, dict) for b in raw_blocks):
+        raise where.error("block", "a grid needs at least one [[block]] table with algorithms and suites")
     reported = _reported(data.get("reported", []), where, registry)
+    blocks, line = [], 0
+    for index, raw in enumerate(raw_blocks, start=1):
+        line = where.line("block", line) or line
+        blocks.append(_read_block(raw, index, line, data, where, registry, algorithms, suites, backends, seeds))
+    total = sum(block.size for block in blocks)
+    if total > limit:
+        sizes = ", ".join(f"block {b.index}: {b.size:,}" for b in blocks)
+        raise GridError(f"{path}: the grid expands to {total:,} cells ({sizes}), more than the limit of {limit:,}; "
+                        "narrow it, or raise the limit with max_cells = N in the grid or --max-cells N")
     seen: dict[str, tuple[int, Cell]] = {}
-    block_line = 0
-    for index, block in enumerate(blocks, start=1):
-        block_line = where.line("block", block_line) or block_line
-        _check_keys(block, BLOCK_KEYS, where, f"[[block]] {index}", block_line)
-        merged_budget = {**_table(data, "budget", where), **_table(block, "budget", where, block_line)}
-        try:
-            budget = Budget(**merged_budget)
-        except TypeError as exc:
-            bad = sorted(set(merged_budget) - {f.name for f in dataclasses.fields(Budget)})
-            valid = ", ".join(f.name for f in dataclasses.fields(Budget))
-            raise where.error(bad[0] if bad else "budget", f"unknown budget key; valid keys: {valid}") from exc
-        except ValueError as exc:
-            raise where.error("budget", str(exc), block_line) from None
-        block_seeds = _seeds(block.get("seeds", data.get("seeds", [0])), where) if seeds is None else list(range(seeds))
-        block_backends = list(backends) or _strings(block.get("backends", data.get("backends", ["auto"])), "backends", where)
-        algo_entries = _select(_entries(block.get("algorithms"), "algorithms", where, block_line, registry.algorithms),
-                               algorithms)
-        suite_entries = _select(_entries(block.get("suites"), "suites", where, block_line, registry.suites), suites)
-        added = {name for name, params in algo_entries + suite_entries if params is _ADDED}
-        for name in block_backends:
-            try:
-                registry.backend(name)
-            except UsageError as exc:
-                raise where.error("backends", str(exc), block_line) from None
-        suite_cfgs = [
-            (name, cfg) for name, params in suite_entries
-            for cfg in _expand(params, registry.suite(name).spec.config, f"suite {name!r}", where, block_line)
-        ]
-        algo_cfgs = [
-            (name, cfg) for name, params in algo_entries
-            for cfg in _expand(params, registry.algorithm(name).spec.hparams, f"algorithm {name!r}", where, block_line)
-        ]
-        unrunnable = {}
-        for s_name, s_cfg in suite_cfgs:
-            reason = _suite_check(registry.suite(s_name), s_cfg)
-            if reason and block.get("suites") not in ("*", ["*"]):
-                raise where.error("suites", f"suite {s_name!r} cannot run here: {reason}", block_line)
-            unrunnable[(s_name, repr(sorted(s_cfg.items())))] = reason
-        wildcard = block.get("algorithms") in ("*", ["*"])
-        for (s_name, s_cfg), (a_name, a_cfg), backend, seed in itertools.product(
-            suite_cfgs, algo_cfgs, block_backends, block_seeds
-        ):
-            b_reg = registry.backend(backend)
-            cell = Cell(a_name, tuple(sorted(a_cfg.items())), s_name, tuple(sorted(s_cfg.items())),
-                        b_reg.spec.name, seed, budget, grid.name, _reported_for(reported, a_name, s_name, s_cfg, registry))
-            if cell.id in seen:
-                first_index, first = seen[cell.id]
-                if first.budget != budget and not ({a_name, s_name} & added):
-                    raise where.error("budget", f"cell {cell.id} appears in blocks {first_index} and {index} "
-                                      "with different budgets; a cell must have one budget", block_line)
-                continue
-            seen[cell.id] = (index, cell)
-            a_reg, s_reg = registry.algorithm(a_name), registry.suite(s_name)
-            kind = s_reg.spec.task_kind
-            if kind not in a_reg.spec.task_kinds:
-                if not wildcard:
-                    grid.skipped.append(Skipped(cell, "skipped", f"algorithm {a_name!r} supports "
-                                        f"{'/'.join(sorted(a_reg.spec.task_kinds))} tasks; suite {s_name!r} is {kind}"))
-                continue
-            for reg, what in ((b_reg, "backend"), (a_reg, "algorithm"), (s_reg, "suite")):
-                if not reg.available:
-                    grid.skipped.append(Skipped(cell, "unavailable", f"{what} {reg.spec.name!r} unavailable: {reg.reason}"))
-                    break
-            else:
-                reason = unrunnable[(s_name, repr(sorted(s_cfg.items())))]
-                if reason:
-                    grid.skipped.append(Skipped(cell, "unavailable", f"suite {s_name!r}: {reason}"))
-                else:
-                    grid.cells.append(cell)
+    for block in blocks:
+        _expand_block(block, grid, seen, reported, registry, where, runnable_only)
     return grid
+
+
+def _read_block(raw: dict[str, Any], index: int, line: int, data: dict[str, Any], where: _Where, registry: Any,
+                algorithms: Sequence[str], suites: Sequence[str], backends: Sequence[str],
+                seeds: Sequence[int] | None) -> _Block:
+    """Check one [[block]] (names, parameters' names and types, budget, seeds, backends) and count its cells."""
+    _check_keys(raw, BLOCK_KEYS, where, f"[[block]] {index}", line)
+    if "name" in raw and not isinstance(raw["name"], str):
+        raise where.error("name", f"a block's name must be a string, got {raw['name']!r}", line)
+    merged = {**_table(data, "budget", where), **_table(raw, "budget", where, line)}
+    try:
+        budget = resolve_params(Budget, merged, "budget")
+    except ParamError as exc:
+        key = exc.key or next(iter(merged), "budget")
+        at = line if key in _table(raw, "budget", where, line) else 0
+        raise where.error(key, str(exc).removeprefix("budget: "), at) from None
+    block_seeds = seeds if seeds is not None else _seeds(raw.get("seeds", data.get("seeds", [0])), where, "seeds")
+    block_backends = list(backends) or _strings(raw.get("backends", data.get("backends", ["auto"])), "backends", where)
+    for name in block_backends:
+        try:
+            registry.backend(name)
+        except UsageError as exc:
+            raise where.error("backends", str(exc), line) from None
+    algo_entries = _select(_entries(raw.get("algorithms"), "algorithms", where, line, registry.algorithms), algorithms)
+    suite_entries = _select(_entries(raw.get("suites"), "suites", where, line, registry.suites), suites)
+    n_algos = sum(_count(params, registry.algorithm(name).spec.hparams, where, line) for name, params in algo_entries)
+    n_suites = sum(_count(params, registry.suite(name).spec.config, where, line) for name, params in suite_entries)
+    return _Block(index, line, budget, block_seeds, block_backends, algo_entries, suite_entries,
+                  raw.get("algorithms") in ("*", ["*"]), raw.get("suites") in ("*", ["*"]),
+                  n_algos * n_suites * len(block_backends) * len(block_seeds))
+
+
+def _expand_block(block: _Block, grid: Grid, seen: dict[str, tuple[int, Cell]], reported: _Reported,
+                  registry: Any, where: _Where, runnable_only: bool) -> None:
+    """Add a block's cells to `grid`: runnable ones to `cells`, the rest to `skipped` with the reason."""
+    added = {name for name, params in block.algorithms + block.suites if params is _ADDED}
+    suite_cfgs = [
+        (name, cfg) for name, params in block.suites
+        for cfg in _expand(params, registry.suite(name).spec.config, f"suite {name!r}", where, block.line)
+    ]
+    algo_cfgs = [
+        (name, cfg) for name, params in block.algorithms
+        for cfg in _expand(params, registry.algorithm(name).spec.hparams, f"algorithm {name!r}", where, block.line)
+    ]
+    unrunnable = {}
+    for s_name, s_cfg in suite_cfgs:
+        reason = _suite_check(registry.suite(s_name), s_cfg)
+        if reason and runnable_only and not block.all_suites:
+            raise where.error("suites", f"suite {s_name!r} cannot run here: {reason}", block.line)
+        unrunnable[(s_name, repr(sorted(s_cfg.items())))] = reason
+    for (s_name, s_cfg), (a_name, a_cfg), backend, seed in itertools.product(
+        suite_cfgs, algo_cfgs, block.backends, block.seeds
+    ):
+        b_reg = registry.backend(backend)
+        cell = Cell(a_name, tuple(sorted(a_cfg.items())), s_name, tuple(sorted(s_cfg.items())), b_reg.spec.name,
+                    seed, block.budget, grid.name, _reported_for(reported, a_name, s_name, s_cfg, registry))
+        if cell.id in seen:
+            first_index, first = seen[cell.id]
+            if first.budget != block.budget and not ({a_name, s_name} & added):
+                raise where.error("budget", f"cell {cell.id} appears in blocks {first_index} and {block.index} "
+                                  "with different budgets; a cell must have one budget", block.line)
+            continue
+        seen[cell.id] = (block.index, cell)
+        a_reg, s_reg = registry.algorithm(a_name), registry.suite(s_name)
+        kind = s_reg.spec.task_kind
+        if kind not in a_reg.spec.task_kinds:
+            if not block.all_algorithms:
+                grid.skipped.append(Skipped(cell, "skipped", f"algorithm {a_name!r} supports "
+                                    f"{'/'.join(sorted(a_reg.spec.task_kinds))} tasks; suite {s_name!r} is {kind}"))
+            continue
+        for reg, what in ((b_reg, "backend"), (a_reg, "algorithm"), (s_reg, "suite")):
+            if not reg.available:
+                grid.skipped.append(Skipped(cell, "unavailable", f"{what} {reg.spec.name!r} unavailable: {reg.reason}"))
+                break
+        else:
+            reason = unrunnable[(s_name, repr(sorted(s_cfg.items())))]
+            if reason:
+                grid.skipped.append(Skipped(cell, "unavailable", f"suite {s_name!r}: {reason}"))
+            else:
+                grid.cells.append(cell)
 
 
 def _suite_check(reg: Any, overrides: dict[str, Any]) -> str:
@@ -307,14 +367,31 @@ def _table(container: Mapping[str, Any], key: str, where: _Where, after: int = 0
     return dict(value)
 
 
-def _seeds(value: Any, where: _Where) -> list[int]:
+def _seeds(value: Any, where: _Where | None, key: str) -> Sequence[int]:
+    """`N` (seeds 0..N-1, as a lazy range) or a list of distinct seeds in 0..MAX_SEED."""
+    def fail(message: str) -> GridError | UsageError:
+        return where.error(key, message) if where is not None else UsageError(f"{key}: {message}")
+
     if isinstance(value, int) and not isinstance(value, bool):
-        if value < 1:
-            raise where.error("seeds", f"an integer seeds = N means seeds 0..N-1 and needs N >= 1, got {value}")
-        return list(range(value))
-    if isinstance(value, list) and value and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+        if not 1 <= value <= MAX_SEED + 1:
+            raise fail(f"an integer seeds = N means seeds 0..N-1 and needs 1 <= N <= {MAX_SEED + 1:,}, got {value}")
+        return range(value)
+    if isinstance(value, (list, tuple, range)) and len(value) and all(
+            isinstance(v, int) and not isinstance(v, bool) for v in value):
+        bad = next((v for v in value if not 0 <= v <= MAX_SEED), None)
+        if bad is not None:
+            raise fail(f"seed {bad} is out of range; seeds are integers from 0 to {MAX_SEED:,}")
+        twice = [seed for seed, n in Counter(value).items() if n > 1]
+        if twice:
+            raise fail(f"seed {twice[0]} is listed twice")
         return list(value)
-    raise where.error("seeds", f"must be a positive integer N or a non-empty list of integer seeds, got {value!r}")
+    raise fail(f"must be a positive integer N or a non-empty list of integer seeds, got {value!r}")
+
+
+def _max_cells(value: Any, where: _Where) -> int:
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+        return value
+    raise where.error("max_cells", f"must be a positive integer (the most cells the grid may expand to), got {value!r}")
 
 
 def _strings(value: Any, key: str, where: _Where) -> list[str]:
@@ -351,8 +428,10 @@ def _entries(value: Any, key: str, where: _Where, after: int, table: Mapping[str
     return out
 
 
-def _expand(params: Mapping[str, Any], params_type: type, owner: str, where: _Where, after: int) -> list[dict]:
-    """Cartesian product of swept values; each combination is validated against the params dataclass."""
+def _axes(params: Mapping[str, Any], params_type: type, owner: str, where: _Where, after: int
+          ) -> list[list[tuple[str, Any]]]:
+    """One list of (key, value) choices per parameter: a list value sweeps, unless the parameter itself
+    takes a list (then a list of lists sweeps it)."""
     axes = []
     names = _field_names(params_type)
     for key, value in params.items():
@@ -361,14 +440,23 @@ def _expand(params: Mapping[str, Any], params_type: type, owner: str, where: _Wh
         if sweep and not value:
             raise where.error(key, f"{owner}: an empty list sweeps nothing", after)
         axes.append([(key, v) for v in value] if sweep else [(key, value)])
+    return axes
+
+
+def _count(params: Mapping[str, Any], params_type: type, where: _Where, after: int) -> int:
+    """How many configurations `params` sweeps, without building them."""
+    return math.prod(len(axis) for axis in _axes(params, params_type, "", where, after))
+
+
+def _expand(params: Mapping[str, Any], params_type: type, owner: str, where: _Where, after: int) -> list[dict]:
+    """Cartesian product of swept values; each combination is validated against the params dataclass."""
+    axes = _axes(params, params_type, owner, where, after)
     combos = [dict(c) for c in itertools.product(*axes)] if axes else [{}]
     for combo in combos:
         try:
             resolve_params(params_type, combo, owner)
-        except UsageError as exc:
-            bad = (next((k for k in combo if k not in _field_names(params_type)), None)
-                   or next((k for k in combo if k in str(exc)), None) or next(iter(combo), owner))
-            raise where.error(bad, str(exc), after) from None
+        except ParamError as exc:
+            raise where.error(exc.key or next(iter(combo), owner), str(exc), after) from None
     return combos
 
 

@@ -13,8 +13,9 @@ import pandas as pd
 from tabulate import tabulate
 
 from harness.errors import UsageError
+from harness.files import atomic_write_text
 from harness.measure import mean_ci95
-from harness.results import atomic_write_text, record_time, slugify
+from harness.results import record_time, slugify
 from harness.specs import format_params
 
 FORMATS = {"md": ".md", "csv": ".csv", "latex": ".tex"}
@@ -129,8 +130,15 @@ def _failure_note(failed: list[dict[str, Any]]) -> str:
     return "cells without a result: " + "; ".join(cells)
 
 
-def _build_table(grid: str, suite_label: str, records: list[dict[str, Any]], reported: Any) -> pd.DataFrame:
-    """One leaderboard from the latest record of every cell of one (grid, suite label)."""
+def _pending_note(pending: list[str], grid: str) -> str:
+    shown = ", ".join(sorted(pending)[:5]) + (", ..." if len(pending) > 5 else "")
+    return f"{len(pending)} cell(s) of the grid have no record yet ({shown}): `harness run --grid {grid}` runs them."
+
+
+def _build_table(grid: str, suite_label: str, records: list[dict[str, Any]], reported: Any,
+                 pending: list[str]) -> pd.DataFrame:
+    """One leaderboard from the latest record of every cell of one (grid, suite label); `pending` are the
+    ids of the grid's cells there that have no record yet."""
     ok = [r for r in records if r.get("status") == "ok"]
     names = Counter((r.get("metric") or {}).get("name", "metric") for r in ok)
     metric = names.most_common(1)[0][0] if names else "metric"
@@ -172,6 +180,8 @@ def _build_table(grid: str, suite_label: str, records: list[dict[str, Any]], rep
         notes.append("cells ran while other work shared the machine: timings are indicative only.")
     if len(ok) < len(records):
         notes.append(_failure_note([r for r in records if r.get("status") != "ok"]))
+    if pending:
+        notes.append(_pending_note(pending, grid))
     description = _describe(ok, metric, higher, set(frame["ci_over"]))
     frame.attrs = {"grid": grid, "suite": suite_label, "metric": metric, "higher_is_better": higher,
                    "description": description, "notes": notes}  # fmt: skip
@@ -179,7 +189,8 @@ def _build_table(grid: str, suite_label: str, records: list[dict[str, Any]], rep
 
 
 def build_tables(
-    records: Iterable[Mapping[str, Any]], reported: Mapping[Any, Any] | None = None
+    records: Iterable[Mapping[str, Any]], reported: Mapping[Any, Any] | None = None,
+    pending: Iterable[Mapping[str, Any]] = (),
 ) -> dict[tuple[str, str], pd.DataFrame]:
     """Group records into leaderboards keyed by (grid, suite label), one row per (algorithm label, backend).
 
@@ -188,7 +199,8 @@ def build_tables(
     columns (what the CSV gets; `display_table` formats them), sorted by rank, and `attrs` with `grid`,
     `suite`, `metric`, `higher_is_better`, `description` (what the numbers are) and `notes` (the non-ok
     cells, for a footnote). `reported` maps (suite label or name, algorithm label or name) to a
-    published number, shown in a `reported` column.
+    published number, shown in a `reported` column. `pending` are cells (`Cell.to_dict()`) of a grid
+    that have no record yet: each table says how many of its cells are still to run.
     """
     latest: dict[tuple[str, str], dict[str, Any]] = {}
     for record in sorted(records, key=record_time):  # stable: input order breaks timestamp ties
@@ -197,7 +209,11 @@ def build_tables(
     groups: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
     for (_, grid), record in latest.items():
         groups[(grid, _suite_label(record.get("cell") or {}))].append(record)
-    return {key: _build_table(*key, groups[key], _with_recorded(groups[key], reported)) for key in sorted(groups)}
+    waiting: dict[tuple[str, str], list[str]] = defaultdict(list)
+    for cell in pending:
+        waiting[(cell.get("grid") or NO_GRID, _suite_label(cell))].append(str(cell.get("id")))
+    return {key: _build_table(*key, groups[key], _with_recorded(groups[key], reported), waiting[key])
+            for key in sorted(set(groups) | set(waiting))}
 
 
 def _with_recorded(records: list[dict[str, Any]], reported: Mapping[Any, Any] | None) -> Mapping[Any, Any] | None:
@@ -375,11 +391,17 @@ def write_leaderboards(
     out_dir: Path | str,
     formats: Iterable[str] | str = ("md", "csv", "latex"),
     reported: Mapping[Any, Any] | None = None,
+    pending: Iterable[Mapping[str, Any]] = (),
 ) -> list[Path]:
     """Write `out_dir/<grid>/<suite>.md|.csv|.tex` plus a `README.md` index per grid; return the paths."""
+    return write_tables(build_tables(records, reported, pending), out_dir, formats)
+
+
+def write_tables(tables: Mapping[tuple[str, str], pd.DataFrame], out_dir: Path | str,
+                 formats: Iterable[str] | str = ("md", "csv", "latex")) -> list[Path]:
+    """Write `build_tables` frames as `out_dir/<grid>/<suite>.md|.csv|.tex` and a `README.md` index per grid."""
     formats = check_formats(formats)
     out_dir = Path(out_dir)
-    tables = build_tables(records, reported)
     by_grid: dict[str, list[tuple[str, pd.DataFrame]]] = defaultdict(list)
     for (grid, suite), table in tables.items():
         by_grid[grid].append((suite, table))
@@ -400,7 +422,7 @@ def write_leaderboards(
             links = []
             for fmt in formats:
                 path = grid_dir / f"{stem}{FORMATS[fmt]}"
-                atomic_write_text(path, render(table, fmt, f"{suite} — grid {grid}"))
+                atomic_write_text(path, render(table, fmt, f"{suite} — grid {grid}"), point="leaderboard")
                 written.append(path)
                 links.append(f"[{fmt}]({path.name})")
             best = table["algorithm"].iloc[0] if len(table) else "-"
@@ -408,6 +430,6 @@ def write_leaderboards(
             arrow = "↑" if table.attrs["higher_is_better"] else "↓"
             index.append(f"| {suite} | {metric} {arrow} | {len(table)} | {best} | {' '.join(links)} |")
         readme = grid_dir / "README.md"
-        atomic_write_text(readme, "\n\n".join(index[:2]) + "\n\n" + "\n".join(index[2:]) + "\n")
+        atomic_write_text(readme, "\n\n".join(index[:2]) + "\n\n" + "\n".join(index[2:]) + "\n", point="leaderboard")
         written.append(readme)
     return written

@@ -6,6 +6,7 @@ import importlib
 import importlib.metadata
 import importlib.util
 import os
+import re
 import sys
 import traceback
 from collections.abc import Iterable, Sequence
@@ -135,6 +136,17 @@ class HarnessPluginManager(pluggy.PluginManager):
     def _load(self, target: str, origin: str, *, fail_soft: bool) -> None:
         is_file = target.endswith(".py") or os.sep in target or "/" in target
         name = Path(target).stem if is_file else (_short_name(target) if origin == "builtin" else target)
+        if is_file and name in self.infos and not self._same_file(name, target):
+            # A file named like another plugin (say sinusoid.py beside the bundled sinusoid) is loaded
+            # under its file name, never dropped for the other's.
+            name = Path(target).name
+            if name in self.infos and not self._same_file(name, target):
+                message = (f"plugin file {target} cannot be loaded: plugin {name!r} ({self.infos[name].target}) "
+                           "has the same name; rename one of the files")
+                if not fail_soft:
+                    raise UsageError(message)
+                self._note(PluginInfo(name, origin, target, status="failed", error=message))
+                return
         if name in self.blocked or self.is_blocked(name):
             self._note(PluginInfo(name, origin, target, status="blocked"))
             return
@@ -153,6 +165,10 @@ class HarnessPluginManager(pluggy.PluginManager):
                 raise PluginError(message + "\n" + _short_traceback()) from exc
             self._note(PluginInfo(name, origin, target, status="failed", error=message))
             return
+        already = self.get_name(module)
+        if already is not None:  # the same module under another name (a builtin given again by -p)
+            self._note(PluginInfo(name, origin, target, status=f"already loaded as {already}"))
+            return
         try:
             self.register(module, name=name)
         except pluggy.PluginValidationError as exc:
@@ -162,6 +178,11 @@ class HarnessPluginManager(pluggy.PluginManager):
             self._note(PluginInfo(name, origin, target, status="failed", error=message))
             return
         self._note(PluginInfo(name, origin, target, version=_module_version(module)))
+
+    def _same_file(self, name: str, target: str) -> bool:
+        """Whether plugin `name` was loaded from the file `target` (the same -p given twice)."""
+        known = self.infos[name].target
+        return (known.endswith(".py") or "/" in known) and Path(known).resolve() == Path(target).resolve()
 
     def _load_entry_points(self) -> None:
         for ep in sorted(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
@@ -294,7 +315,7 @@ def _import_file(path: str, name: str) -> Any:
     file = Path(path)
     if not file.is_file():
         raise FileNotFoundError(f"no such file: {path}")
-    module_name = f"harness_plugin_file_{name}"
+    module_name = "harness_plugin_file_" + re.sub(r"\W", "_", name)
     spec = importlib.util.spec_from_file_location(module_name, file.resolve())
     if spec is None or spec.loader is None:
         raise ImportError(f"cannot import {path} as a module")

@@ -13,17 +13,19 @@ import platform
 import re
 import secrets
 import subprocess
-import tempfile
 from collections.abc import Iterator, Mapping
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 from harness.errors import HarnessError, UsageError
+from harness.files import atomic_write_text
 
 SCHEMA_VERSION = 1
 STATUSES = ("ok", "failed", "timeout", "diverged", "skipped", "unavailable")
 PLUGIN_GROUP = "harness.plugins"
+#: The folder of a results store that keeps the grids run against it (not a cell: no record matches it).
+GRIDS_FOLDER = ".grids"
 _EPOCH = _dt.datetime(1970, 1, 1, tzinfo=_dt.timezone.utc)
 
 
@@ -187,42 +189,142 @@ def record_time(record: Mapping[str, Any]) -> _dt.datetime:
     return _EPOCH
 
 
+#: A record file larger than this is not read (records are kilobytes; a huge file is not one).
+MAX_RECORD_BYTES = 64 << 20
+#: Records nest a few levels (metric.per_step[i], suite_info); deeper is not a record.
+MAX_RECORD_DEPTH = 32
+_NUM = (int, float)
+_NONE = type(None)
+
+
+def _kind(value: Any, types: tuple[type, ...]) -> bool:
+    if isinstance(value, bool) and bool not in types:
+        return False
+    return isinstance(value, types)
+
+
+def _type_names(types: tuple[type, ...]) -> str:
+    return " or ".join("null" if t is _NONE else t.__name__ for t in types)
+
+
+#: What the harness reads of a record: field -> (allowed types, required). Other fields are carried along.
+_RECORD_FIELDS: dict[str, tuple[tuple[type, ...], bool]] = {
+    "schema": ((int,), True), "cell_id": ((str,), True), "status": ((str,), True), "reason": ((str,), False),
+    "cell": ((dict,), True), "config": ((dict,), False), "fingerprint": ((str,), False),
+    "code_version": ((dict,), False), "seeds": ((dict,), False), "environment": ((dict,), False),
+    "execution": ((dict,), False), "started_at": ((str,), False), "finished_at": ((str,), False),
+    "metric": ((dict, _NONE), False), "timings": ((dict, _NONE), False), "memory": ((dict, _NONE), False),
+    "params": ((int, _NONE), False), "suite_info": ((dict, _NONE), False), "curve": ((list, _NONE), False),
+    "best": ((dict, _NONE), False), "traceback": ((str,), False),
+}
+_CELL_FIELDS = {"algorithm": ((str,), True), "suite": ((str,), True), "backend": ((str,), True),
+                "seed": ((int,), True), "hparams": ((dict,), False), "suite_config": ((dict,), False),
+                "budget": ((dict,), False), "grid": ((str,), False), "reported": ((str,), False)}
+_METRIC_FIELDS = {"name": ((str,), False), "higher_is_better": ((bool,), False), "mean": ((*_NUM, _NONE), False),
+                  "ci95": ((*_NUM, _NONE), False), "std": ((*_NUM, _NONE), False), "n": ((int, _NONE), False),
+                  "final_step": ((int, _NONE), False), "per_step": ((list,), False), "episodes": ((str,), False)}
+_STEP_FIELDS = {"step": ((int,), True), "mean": ((*_NUM, _NONE), False), "ci95": ((*_NUM, _NONE), False)}
+_MEMORY_FIELDS = {"peak_bytes": ((*_NUM, _NONE), False), "kind": ((str,), False)}
+_EXECUTION_FIELDS = {"mode": ((str,), False), "exclusive": ((bool,), False), "shared_with": ((int,), False)}
+_CURVE_FIELDS = {"iteration": ((int,), False), "train_loss": ((*_NUM, _NONE), False),
+                 "val_metric": ((*_NUM, _NONE), False), "elapsed_s": ((*_NUM, _NONE), False)}
+
+
+def _check_fields(table: Mapping[str, Any], fields: Mapping[str, tuple[tuple[type, ...], bool]], where: str) -> str:
+    for key, (types, required) in fields.items():
+        name = f"{where}.{key}" if where else key
+        if key not in table:
+            if required:
+                return f"it has no {name!r}"
+            continue
+        if not _kind(table[key], types):
+            return f"{name} is a {type(table[key]).__name__}, expected {_type_names(types)}"
+    return ""
+
+
+def _depth(value: Any) -> int:
+    """How deeply `value` nests lists and dicts, counted without recursion (and stopping past the limit)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        if not isinstance(item, (dict, list)):
+            continue
+        deepest = max(deepest, level)
+        if deepest > MAX_RECORD_DEPTH:
+            break
+        stack.extend((child, level + 1) for child in (item.values() if isinstance(item, dict) else item))
+    return deepest
+
+
+def record_problem(record: Any) -> str:
+    """'' if `record` is a record this harness can read and publish, else what is wrong with it.
+
+    Checks the schema, the nesting depth and the type of every field the harness reads (the cell, the
+    metric and its per-step entries, timings, memory, execution, the curve), so a damaged record is
+    refused whole at the door rather than breaking a leaderboard later.
+    """
+    if not isinstance(record, dict):
+        return f"a result record is a JSON object, got {type(record).__name__}"
+    schema = record.get("schema")
+    if not _kind(schema, (int,)) or not 1 <= schema <= SCHEMA_VERSION:
+        return f"schema {schema!r} is not one this harness reads (1..{SCHEMA_VERSION}); upgrade the harness"
+    if _depth(record) > MAX_RECORD_DEPTH:
+        return f"it is nested more than {MAX_RECORD_DEPTH} levels deep, which no record is"
+    problem = _check_fields(record, _RECORD_FIELDS, "")
+    if problem:
+        return problem
+    if not record["cell_id"]:
+        return "its cell_id is empty"
+    if record["status"] not in STATUSES:
+        return f"status {record['status']!r} is not one of {', '.join(STATUSES)}"
+    metric = record.get("metric") or {}
+    nested = [(record["cell"], _CELL_FIELDS, "cell"), (record.get("memory") or {}, _MEMORY_FIELDS, "memory"),
+              (record.get("execution") or {}, _EXECUTION_FIELDS, "execution"), (metric, _METRIC_FIELDS, "metric")]
+    nested += [(step, _STEP_FIELDS, f"metric.per_step[{i}]") for i, step in enumerate(metric.get("per_step") or [])]
+    nested += [(point, _CURVE_FIELDS, f"curve[{i}]") for i, point in enumerate(record.get("curve") or [])]
+    for table, fields, where in nested:
+        if not isinstance(table, dict):
+            return f"{where} is a {type(table).__name__}, expected an object"
+        problem = _check_fields(table, fields, where)
+        if problem:
+            return problem
+    for key, value in (record.get("timings") or {}).items():
+        if not _kind(value, (*_NUM, str, _NONE)):
+            return f"timings.{key} is a {type(value).__name__}, expected a number"
+    return ""
+
+
 def validate_record(record: Any) -> None:
-    """Raise HarnessError unless `record` has a schema, a cell id and a known status."""
-    if not isinstance(record, Mapping):
-        raise HarnessError(f"a result record must be a dict, got {type(record).__name__}")
-    if record.get("schema") != SCHEMA_VERSION:
-        raise HarnessError(
-            f"record schema is {record.get('schema')!r}; this harness writes schema {SCHEMA_VERSION}"
-        )
-    if not isinstance(record.get("cell_id"), str) or not record["cell_id"]:
-        raise HarnessError(f"record needs a non-empty string 'cell_id', got {record.get('cell_id')!r}")
-    if record.get("status") not in STATUSES:
-        raise HarnessError(
-            f"record {record['cell_id']!r} has status {record.get('status')!r}; valid: {', '.join(STATUSES)}"
-        )
+    """Raise HarnessError unless `record` passes `record_problem`: what the store writes, it can read back."""
+    problem = record_problem(record)
+    if problem:
+        cell = record.get("cell_id") if isinstance(record, Mapping) else None
+        raise HarnessError(f"record {cell!r}: {problem}" if isinstance(cell, str) else f"bad record: {problem}")
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write `text` to `path` via a synced temp file in the same directory and `os.replace`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+def _reject_constant(name: str) -> None:
+    raise ValueError(f"{name} is not JSON (records write null for a missing number)")
+
+
+def read_record(path: Path) -> dict[str, Any]:
+    """Read and check one record file; ValueError saying what is wrong (size, encoding, JSON, fields)."""
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    with contextlib.suppress(OSError):  # make the rename durable; not every platform opens directories
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        size = path.stat().st_size
+        if size > MAX_RECORD_BYTES:
+            raise ValueError(f"{size:,} bytes, more than any record ({MAX_RECORD_BYTES:,})")
+        record = json.loads(path.read_bytes().decode("utf-8"), parse_constant=_reject_constant)
+    except OSError as exc:
+        raise ValueError(f"cannot be read: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"not UTF-8 text (byte offset {exc.start})") from None
+    except RecursionError:
+        raise ValueError(f"nested more than {MAX_RECORD_DEPTH} levels deep, which no record is") from None
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno})") from None
+    problem = record_problem(record)
+    if problem:
+        raise ValueError(problem)
+    return record
 
 
 class ResultStore:
@@ -244,33 +346,51 @@ class ResultStore:
         """The directory holding every record of `cell_id`."""
         return self.root / slugify(cell_id)
 
-    def write(self, record: Mapping[str, Any]) -> Path:
-        """Validate and append `record` as a new file (atomically); return its path."""
-        validate_record(record)
-        text = json.dumps(_jsonable(record, "record"), indent=1, ensure_ascii=False, allow_nan=False) + "\n"
-        directory = self.cell_dir(record["cell_id"])
-        stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
-        path = directory / f"{stamp}-{os.getpid()}-{secrets.token_hex(3)}.json"
-        while path.exists():  # never replace an existing record, however unlikely the clash
-            path = directory / f"{stamp}-{os.getpid()}-{secrets.token_hex(3)}.json"
+    @property
+    def grids_dir(self) -> Path:
+        """Where the definitions of the grids run against this store are kept (`save_grid`)."""
+        return self.root / GRIDS_FOLDER
+
+    def save_grid(self, name: str, text: str) -> Path:
+        """Keep the TOML of grid `name` as last run against this store, so its leaderboards can be rebuilt
+        from the store alone (`harness leaderboard`), even when the grid came from a file elsewhere."""
+        safe = name if re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._=,+-]*", name) else slugify(name)
+        path = self.grids_dir / f"{safe}.toml"
         atomic_write_text(path, text)
         return path
 
+    def saved_grids(self) -> list[Path]:
+        """The grid definitions kept by `save_grid`."""
+        return sorted(self.grids_dir.glob("*.toml")) if self.grids_dir.is_dir() else []
+
+    def write(self, record: Mapping[str, Any]) -> Path:
+        """Validate and append `record` as a new file (whole or not at all, never over another); return its path."""
+        data = _jsonable(record, "record")
+        validate_record(data)
+        text = json.dumps(data, indent=1, ensure_ascii=False, allow_nan=False) + "\n"
+        directory = self.cell_dir(data["cell_id"])
+        stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
+        while True:
+            path = directory / f"{stamp}-{os.getpid()}-{secrets.token_hex(3)}.json"
+            try:
+                atomic_write_text(path, text, replace=False, point="record")
+                return path
+            except FileExistsError:  # however unlikely the clash, another name; nothing is replaced
+                continue
+
     def _load(self, path: Path) -> dict[str, Any] | None:
         try:
-            record = json.loads(path.read_text(encoding="utf-8"))
-            if not isinstance(record, dict) or not isinstance(record.get("cell_id"), str):
-                raise ValueError("not a result record (no 'cell_id')")
-            if not isinstance(record.get("schema"), int) or record["schema"] > SCHEMA_VERSION:
-                raise ValueError(
-                    f"schema {record.get('schema')!r} is not one this harness reads "
-                    f"(1..{SCHEMA_VERSION}); upgrade the harness"
-                )
-        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            record = read_record(path)
+        except ValueError as exc:
             self._problems[path] = f"skipped: {exc}"
             return None
         self._problems.pop(path, None)
         return record
+
+    def problems_in(self, cell_id: str) -> list[str]:
+        """The `problems` of files in `cell_id`'s folder (as found by the last read of it)."""
+        folder = self.cell_dir(cell_id)
+        return [f"{path}: {why}" for path, why in sorted(self._problems.items()) if path.parent == folder]
 
     def entries(self, cell_id: str | None = None) -> list[tuple[Path, dict[str, Any]]]:
         """(path, record) pairs, oldest first; only `cell_id`'s when given."""
@@ -301,10 +421,17 @@ class ResultStore:
 
     def find_completed(self, cell_id: str, fingerprint: str) -> dict[str, Any] | None:
         """The newest ok record of `cell_id` with this config fingerprint: the runner skips such cells."""
-        for record in reversed(self.records_for(cell_id)):
-            if record.get("status") == "ok" and record.get("fingerprint") == fingerprint:
-                return record
-        return None
+        current = self.current(cell_id, fingerprint)
+        return current if current is not None and current.get("status") == "ok" else None
+
+    def current(self, cell_id: str, fingerprint: str, records: list[dict[str, Any]] | None = None
+                ) -> dict[str, Any] | None:
+        """The record that stands for `cell_id` under this fingerprint: its newest ok record, else its newest
+        record of any status; None when it has none. `records` (the cell's records, oldest first) spares a read."""
+        matching = [r for r in (self.records_for(cell_id) if records is None else records)
+                    if r.get("fingerprint") == fingerprint]
+        ok = [r for r in matching if r.get("status") == "ok"]
+        return (ok or matching or [None])[-1]
 
     def find(self, query: str) -> dict[str, Any]:
         """The newest record for a cell id, a unique prefix of one, or a record file path (`harness show`)."""

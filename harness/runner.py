@@ -1,40 +1,34 @@
-"""Runs grid cells: seed, meta-train with validation, meta-test on fixed episodes; failures become statuses.
+"""The work inside a cell's process: seed, meta-train with validation, meta-test on fixed episodes.
 
 This module is also the builtin plugin `runner`: it implements `harness_run_cell` (the work) and two
-wrappers around it (seeding and peak memory), so other plugins can wrap the same phase.
+wrappers around it (seeding and peak memory), so other plugins can wrap the same phase. Failures of
+the cell's own code become statuses (`execute_cell`); where the process runs is `harness.cellprocess`'s.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
-import multiprocessing
 import os
 import random
-import signal
-import sys
 import time
 import traceback
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pluggy
 import torch
 
-import harness
+from harness.cells import resolve_cell
 from harness.measure import Stopwatch, mean_ci95
-from harness.results import capture_environment, fingerprint
-from harness.specs import Cell, TaskBatch, params_dict, resolve_params
+from harness.results import capture_environment
+from harness.specs import Cell, TaskBatch
 
 hookimpl = pluggy.HookimplMarker("harness")
 
 #: Iterations at the start of meta-training timed apart (allocator warm-up, lazy init, caches).
 MAX_WARMUP_ITERATIONS = 5
-FAILED_STATUSES = ("failed", "timeout", "diverged")
 
 
 class Diverged(Exception):
@@ -60,49 +54,6 @@ class CellContext:
     backend: Any = None
     backend_settings: dict[str, Any] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
-
-
-def stable_seed(*parts: Any) -> int:
-    """A seed in [0, 2**31) that is a pure function of `parts` (JSON-serialisable)."""
-    blob = json.dumps(parts, sort_keys=True, default=str).encode()
-    return int.from_bytes(hashlib.sha256(blob).digest()[:4], "big") & 0x7FFFFFFF
-
-
-def resolve_cell(cell: Cell, registry: Any) -> dict[str, Any]:
-    """Full config, code version, fingerprint and seeds of a cell; raises UsageError on bad params."""
-    a_reg, s_reg, b_reg = registry.algorithm(cell.algorithm), registry.suite(cell.suite), registry.backend(cell.backend)
-    hparams = resolve_params(a_reg.spec.hparams, dict(cell.hparams), f"algorithm {cell.algorithm!r}")
-    suite_config = resolve_params(s_reg.spec.config, dict(cell.suite_config), f"suite {cell.suite!r}")
-    config = {
-        "algorithm": {"name": cell.algorithm, "hparams": params_dict(hparams)},
-        "suite": {"name": cell.suite, "config": params_dict(suite_config)},
-        "backend": cell.backend,
-        "budget": asdict(cell.budget),
-    }
-    plugins = {}
-    for reg in (a_reg, s_reg, b_reg):
-        info = registry.infos.get(reg.plugin)
-        plugins[reg.plugin] = info.version if info is not None else ""
-    code_version = {
-        "harness": harness.__version__,
-        "algorithm": a_reg.spec.version,
-        "suite": s_reg.spec.version,
-        "backend": b_reg.spec.version,
-        "plugins": plugins,
-    }
-    neutral = set(s_reg.spec.episode_neutral)
-    episode_config = {k: v for k, v in config["suite"]["config"].items() if k not in neutral}
-    episode_key = (cell.suite, episode_config, cell.budget.test_seed)
-    seeds = {
-        "base": cell.seed,
-        "cell": stable_seed(cell.seed, cell.id),
-        # Validation and test episodes depend on (suite configuration, test seed) alone, so every
-        # algorithm, backend and seed of a grid is evaluated on the same episodes (paired comparison).
-        "val": stable_seed("val", *episode_key),
-        "test": stable_seed("test", *episode_key),
-    }
-    return {"config": config, "code_version": code_version, "fingerprint": fingerprint(config, code_version),
-            "seeds": seeds, "hparams": hparams, "suite_config": suite_config}
 
 
 def make_context(cell: Cell, registry: Any, resolved: dict[str, Any]) -> CellContext:
@@ -332,9 +283,6 @@ def _mean_final(per_step: list[list[float]]) -> float:
     return math.fsum(values) / len(values)
 
 
-# --- executing a cell: in this process or in a child ----------------------------------------
-
-
 def execute_cell(cell: Cell, registry: Any) -> dict[str, Any]:
     """Run one cell here; never raises for the cell's own failures, returns status and reason."""
     resolved = resolve_cell(cell, registry)
@@ -351,140 +299,4 @@ def execute_cell(cell: Cell, registry: Any) -> dict[str, Any]:
         outcome["environment"] = capture_environment()
     return outcome
 
-
-def _die_with_parent() -> None:
-    """Linux: have the kernel kill this cell process when its parent (the fork server) exits.
-
-    The fork server exits with the `harness` process, so a killed run leaves no orphan cell
-    burning CPU (and skewing the timings of whatever runs next).
-    """
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
-    except (OSError, AttributeError):  # not fatal: the parent still kills cells past their timeout
-        pass
-
-
-def _child_main(conn: Any, load_args: dict[str, Any], cell_dict: dict[str, Any]) -> None:
-    from harness.registry import HarnessPluginManager
-
-    _die_with_parent()
-    try:
-        registry = HarnessPluginManager().load_all(**load_args)
-        outcome = execute_cell(Cell.from_dict(cell_dict), registry)
-    except BaseException as exc:  # noqa: BLE001 - report anything to the parent rather than dying silently
-        outcome = {"status": "failed", "reason": f"{type(exc).__name__}: {exc}", "result": {},
-                   "environment": {}, "traceback": traceback.format_exc()}
-    conn.send(outcome)
-    conn.close()
-
-
-def _mp_context() -> Any:
-    if sys.platform.startswith("linux"):
-        ctx = multiprocessing.get_context("forkserver")
-        # The fork server imports torch once; each cell forks from it (fast) without inheriting
-        # any CUDA state or threads from the main process (safe).
-        ctx.set_forkserver_preload(["torch", "torch._inductor", "harness.runner"])
-        return ctx
-    return multiprocessing.get_context("spawn")
-
-
-def execute_cell_subprocess(cell: Cell, load_args: dict[str, Any]) -> dict[str, Any]:
-    """Run one cell in a child process with a hard timeout (`budget.timeout` seconds)."""
-    ctx = _mp_context()
-    receiver, sender = ctx.Pipe(duplex=False)
-    process = ctx.Process(target=_child_main, args=(sender, load_args, cell.to_dict()), daemon=True)
-    process.start()
-    sender.close()
-    outcome: dict[str, Any] | None = None
-    try:
-        if receiver.poll(cell.budget.timeout):
-            try:
-                outcome = receiver.recv()
-            except EOFError:
-                process.join(10)
-                outcome = {"status": "failed", "reason": f"cell process died with exit code {process.exitcode} "
-                           "before reporting (killed by the OS for memory, or a crash in native code)",
-                           "result": {}, "environment": {}}
-        else:
-            outcome = {"status": "timeout", "reason": f"cell exceeded its timeout of {cell.budget.timeout:g} s "
-                       "and its process was killed", "result": {}, "environment": {}}
-    finally:
-        if process.is_alive():
-            process.join(5 if outcome is not None and outcome["status"] != "timeout" else 0)
-        if process.is_alive():
-            process.kill()
-            process.join()
-        receiver.close()
-    if not outcome["environment"]:
-        outcome["environment"] = capture_environment()
-    return outcome
-
-
-def build_record(cell: Cell, resolved: dict[str, Any], outcome: dict[str, Any], *, mode: str,
-                 started_at: str, finished_at: str, exclusive: bool = True) -> dict[str, Any]:
-    """Assemble the versioned record written to the results store."""
-    from harness.results import SCHEMA_VERSION
-
-    record: dict[str, Any] = {
-        "schema": SCHEMA_VERSION,
-        "cell_id": cell.id,
-        "cell": cell.to_dict(),
-        "config": resolved["config"],
-        "fingerprint": resolved["fingerprint"],
-        "code_version": resolved["code_version"],
-        "seeds": resolved["seeds"],
-        "status": outcome["status"],
-        "reason": outcome.get("reason", ""),
-        "environment": outcome.get("environment", {}),
-        "execution": {"mode": mode, "exclusive": exclusive},
-        "started_at": started_at,
-        "finished_at": finished_at,
-    }
-    for key in ("metric", "timings", "memory", "params", "suite_info", "curve", "best"):
-        record[key] = outcome.get("result", {}).get(key)
-    if record["timings"] is not None:
-        record["timings"]["cell_s"] = (datetime.fromisoformat(finished_at) - datetime.fromisoformat(started_at)).total_seconds()
-    if "traceback" in outcome:
-        record["traceback"] = outcome["traceback"]
-    return record
-
-
-def now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat()
-
-
-def run_one(cell: Cell, registry: Any, *, in_process: bool = False,
-            resolved: dict[str, Any] | None = None, exclusive: bool = True) -> dict[str, Any]:
-    """Run a cell (child process unless `in_process`) and return its record (not yet stored);
-    `exclusive` False records that other work shared the machine (timings not comparable)."""
-    resolved = resolved or resolve_cell(cell, registry)
-    started = now_iso()
-    if in_process:
-        outcome = execute_cell(cell, registry)
-    else:
-        outcome = execute_cell_subprocess(cell, _absolute_load_args(registry.load_args))
-    return build_record(cell, resolved, outcome, mode="in-process" if in_process else "subprocess",
-                        started_at=started, finished_at=now_iso(), exclusive=exclusive)
-
-
-def _absolute_load_args(load_args: dict[str, Any]) -> dict[str, Any]:
-    args = dict(load_args)
-    args["plugins"] = [os.path.abspath(p) if p.endswith(".py") else p for p in load_args.get("plugins", [])]
-    return args
-
-
-def skipped_record(cell: Cell, registry: Any, status: str, reason: str) -> dict[str, Any]:
-    """The record of a cell that does not run (impossible pair or unavailable backend/plugin)."""
-    try:
-        resolved = resolve_cell(cell, registry)
-    except Exception:  # an unavailable plugin may not resolve; the record still says why
-        resolved = {"config": {}, "fingerprint": "", "code_version": {"harness": harness.__version__}, "seeds": {}}
-    now = now_iso()
-    return build_record(cell, resolved, {"status": status, "reason": reason, "environment": {}},
-                        mode="none", started_at=now, finished_at=now)
 

@@ -1,25 +1,43 @@
-"""Runs an expanded grid against the results store: resume, progress display, one record per cell."""
+"""Runs an expanded grid against the results store: resume, claims shared with concurrent runs, progress.
+
+Every cell that lacks a completed record is claimed before it runs (`harness.claims`), so runs that
+share a results folder split the cells between them; a cell another live run holds is left to it and
+waited for at the end, and a cell whose claimant died is taken over. Each finished cell's record is
+written before the next cell starts, so an interrupted run keeps everything it finished.
+"""
 
 from __future__ import annotations
 
+import secrets
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TextIO
 
+from harness.cellprocess import start_fork_server
+from harness.cells import FAILED_STATUSES, resolve_cell, run_one, skipped_record
+from harness.claims import Claim, ClaimBook
+from harness.files import remove_stale_temp_files
 from harness.grid import Grid
+from harness.machine import MachineRuns
 from harness.results import ResultStore
-from harness.runner import FAILED_STATUSES, resolve_cell, run_one, skipped_record
 from harness.specs import Cell
+
+#: How often a run looks at the machine's other runs (seconds), and how often it waits for others' cells.
+WATCH_INTERVAL_S = 0.5
 
 
 @dataclass
 class PlannedCell:
-    """A cell with its resolved config and the completed record that lets a re-run skip it."""
+    """A cell with its resolved config, the completed record that lets a re-run skip it, and the record
+    files it had when planned (a record that appears later was written by a concurrent run)."""
 
     cell: Cell
     resolved: dict[str, Any]
     completed: dict[str, Any] | None
+    known: frozenset[Path] = frozenset()
 
 
 @dataclass
@@ -29,6 +47,7 @@ class GridRun:
     records: list[dict[str, Any]] = field(default_factory=list)
     ran: int = 0
     reused: int = 0
+    by_others: int = 0
 
     @property
     def failed(self) -> list[dict[str, Any]]:
@@ -40,9 +59,54 @@ def plan(grid: Grid, registry: Any, store: ResultStore, *, force: bool = False) 
     planned = []
     for cell in grid.cells:
         resolved = resolve_cell(cell, registry)
-        completed = None if force else store.find_completed(cell.id, resolved["fingerprint"])
-        planned.append(PlannedCell(cell, resolved, completed))
+        entries = store.entries(cell.id)
+        completed = None if force else store.current(cell.id, resolved["fingerprint"], [r for _, r in entries])
+        planned.append(PlannedCell(cell, resolved, completed if completed and completed["status"] == "ok" else None,
+                                   frozenset(path for path, _ in entries)))
     return planned
+
+
+class _Watch:
+    """A background thread that renews this run's claims and counts the machine's other harness runs."""
+
+    def __init__(self, claims: ClaimBook, machine: MachineRuns, stream: TextIO) -> None:
+        self.claims, self.machine, self.stream = claims, machine, stream
+        self.lock = threading.Lock()
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="harness-watch", daemon=True)
+
+    def __enter__(self) -> _Watch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def begin_cell(self) -> None:
+        with self.lock:
+            self.peak = self.machine.others()
+
+    def shared_with(self) -> int:
+        """The most other runs seen on the machine since `begin_cell` (looking once more now)."""
+        others = self.machine.others()
+        with self.lock:
+            self.peak = max(self.peak, others)
+            return self.peak
+
+    def _loop(self) -> None:
+        last_refresh = time.monotonic()
+        while not self._stop.wait(WATCH_INTERVAL_S):
+            others = self.machine.others()
+            with self.lock:
+                self.peak = max(self.peak, others)
+            if time.monotonic() - last_refresh < self.claims.lease_s / 4:
+                continue
+            last_refresh = time.monotonic()
+            for cell_id in self.claims.refresh():
+                _say(self.stream, f"harness: warning: the claim on {cell_id} was taken over by another run; "
+                     "both will record the cell")
 
 
 def run_grid(
@@ -58,33 +122,110 @@ def run_grid(
 ) -> GridRun:
     """Run every cell of `grid` that lacks a completed record (all of them with `force`).
 
-    Each finished cell's record is written before the next cell starts, so an interrupted grid
-    keeps what it did. Skipped and unavailable cells get a record saying why.
+    Cells are claimed before they run and records written as each finishes; cells other runs hold
+    are waited for. `exclusive` False (other work shares the machine) marks every record not
+    exclusive; so does any other harness run seen on this machine while a cell ran.
     """
     stream = stream if stream is not None else sys.stderr
+    if not in_process and grid.cells:
+        start_fork_server()  # it imports torch while the cells are planned
+    remove_stale_temp_files([store.root])
     planned = plan(grid, registry, store, force=force)
     outcome = GridRun()
-    for skipped in grid.skipped:
-        latest = store.latest(skipped.cell.id)
-        if latest is None or (latest["status"], latest["reason"]) != (skipped.status, skipped.reason):
-            latest = skipped_record(skipped.cell, registry, skipped.status, skipped.reason)
-            store.write(latest)
-        outcome.records.append(latest)
+    _record_skipped(grid, registry, store, outcome)
     todo = [p for p in planned if p.completed is None]
     outcome.reused = len(planned) - len(todo)
     outcome.records.extend(p.completed for p in planned if p.completed is not None)
+    rerun = {problem: item.cell.id for item in todo for problem in store.problems_in(item.cell.id)}
+    for problem in store.problems:
+        again = f"; re-running its cell {rerun[problem]}" if problem in rerun else ""
+        _say(stream, f"harness: warning: {problem}{again}")
+    claims = ClaimBook(store, secrets.token_hex(8))
+    claims.sweep([cell.id for cell in grid.cells])
     show = _Progress(len(todo), stream, progress)
-    for index, item in enumerate(todo):
-        show.start(index, item.cell)
-        record = run_one(item.cell, registry, in_process=in_process, resolved=item.resolved, exclusive=exclusive)
-        store.write(record)
+    machine = MachineRuns({"results": str(store.root), "grid": grid.name})
+    try:
+        with machine, _Watch(claims, machine, stream) as watch:
+            waiting = _run_claimable(todo, registry, store, claims, watch, show, outcome, in_process, exclusive)
+            if waiting:
+                _say(stream, f"harness: waiting for {len(waiting)} cell(s) that other runs on this results folder "
+                     "are running")
+            while waiting:
+                time.sleep(WATCH_INTERVAL_S)
+                waiting = _run_claimable(waiting, registry, store, claims, watch, show, outcome, in_process,
+                                         exclusive)
+    finally:
+        claims.release_all()
+        show.close()
+    registry.hook.harness_grid_finished(records=outcome.records)
+    return outcome
+
+
+def _run_claimable(items: list[PlannedCell], registry: Any, store: ResultStore, claims: ClaimBook, watch: _Watch,
+                   show: _Progress, outcome: GridRun, in_process: bool, exclusive: bool) -> list[PlannedCell]:
+    """Run each of `items` this run can claim, take the records other runs wrote; return those still busy."""
+    busy = []
+    for item in items:
+        done = _written_by_others(item, store)
+        if done is not None:
+            outcome.records.append(done)
+            outcome.by_others += 1
+            show.done(item.cell, done, by_other=True)
+            continue
+        claim = claims.try_claim(item.cell.id)
+        if not isinstance(claim, Claim):
+            busy.append(item)
+            continue
+        try:
+            done = _written_by_others(item, store)  # finished by another run between our look and our claim
+            if done is not None:
+                outcome.records.append(done)
+                outcome.by_others += 1
+                show.done(item.cell, done, by_other=True)
+                continue
+            show.start(item.cell)
+            watch.begin_cell()
+            record = run_one(item.cell, registry, in_process=in_process, resolved=item.resolved,
+                             exclusive=lambda: _exclusive(exclusive, watch))
+            store.write(record)
+        finally:
+            claims.release(item.cell.id)
         registry.hook.harness_cell_finished(record=record)
         outcome.records.append(record)
         outcome.ran += 1
-        show.done(index, item.cell, record)
-    show.close()
-    registry.hook.harness_grid_finished(records=outcome.records)
-    return outcome
+        show.done(item.cell, record)
+    return busy
+
+
+def _exclusive(alone: bool, watch: _Watch) -> tuple[bool, int]:
+    others = watch.shared_with()
+    return alone and others == 0, others
+
+
+def _written_by_others(item: PlannedCell, store: ResultStore) -> dict[str, Any] | None:
+    """A record of this cell and fingerprint that appeared after planning (a concurrent run's), if any."""
+    fresh = [record for path, record in store.entries(item.cell.id) if path not in item.known]
+    return store.current(item.cell.id, item.resolved["fingerprint"], fresh)
+
+
+def _record_skipped(grid: Grid, registry: Any, store: ResultStore, outcome: GridRun) -> None:
+    """A record for each cell that cannot run here, unless it has one saying the same (or an ok one)."""
+    for skipped in grid.skipped:
+        latest = store.latest(skipped.cell.id)
+        if latest is None or (latest["status"], latest.get("reason")) != (skipped.status, skipped.reason):
+            record = skipped_record(skipped.cell, registry, skipped.status, skipped.reason)
+            done = store.find_completed(skipped.cell.id, record["fingerprint"]) if record["fingerprint"] else None
+            if done is None:
+                store.write(record)
+            latest = done or record
+        outcome.records.append(latest)
+
+
+def _say(stream: TextIO, line: str) -> None:
+    try:
+        print(line, file=stream, flush=True)
+    except (OSError, ValueError):  # the terminal is gone (hang-up): nothing to tell
+        pass
 
 
 class _Progress:
@@ -92,6 +233,7 @@ class _Progress:
 
     def __init__(self, total: int, stream: TextIO, enabled: bool | None) -> None:
         self.total, self.stream, self.started = total, stream, time.perf_counter()
+        self.index = 0
         interactive = stream.isatty() if enabled is None else enabled
         self.bar: Any = None
         if interactive and total:
@@ -100,26 +242,28 @@ class _Progress:
             self.bar = tqdm(total=total, unit="cell", file=stream, dynamic_ncols=True,
                             bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} cells [{elapsed}<{remaining}]{postfix}")
 
-    def start(self, index: int, cell: Cell) -> None:
+    def start(self, cell: Cell) -> None:
         if self.bar is not None:
-            self.bar.set_description_str(f"cell {index + 1}/{self.total}")
+            self.bar.set_description_str(f"cell {self.index + 1}/{self.total}")
             self.bar.set_postfix_str(cell.id)
         else:
-            print(f"[{index + 1}/{self.total}] {cell.id} ...", file=self.stream, flush=True)
+            _say(self.stream, f"[{self.index + 1}/{self.total}] {cell.id} ...")
 
-    def done(self, index: int, cell: Cell, record: dict[str, Any]) -> None:
-        status = record["status"] + (f" ({record['reason']})" if record["reason"] else "")
+    def done(self, cell: Cell, record: dict[str, Any], by_other: bool = False) -> None:
+        self.index += 1
+        status = record["status"] + (f" ({record['reason']})" if record.get("reason") else "")
+        status += " (run by another harness process)" if by_other else ""
         if self.bar is not None:
             self.bar.update(1)
-            if record["status"] != "ok":
+            if record["status"] != "ok" or by_other:
                 self.bar.write(f"{cell.id}: {status}")
             return
         elapsed = time.perf_counter() - self.started
-        eta = elapsed / (index + 1) * (self.total - index - 1)
+        eta = elapsed / self.index * (self.total - self.index)
         metric = record.get("metric") or {}
-        value = f" {metric['name']}={metric['mean']:.4g}" if metric else ""
-        print(f"[{index + 1}/{self.total}] {cell.id}: {status}{value}  elapsed {_fmt_s(elapsed)}, ETA {_fmt_s(eta)}",
-              file=self.stream, flush=True)
+        value = f" {metric['name']}={metric['mean']:.4g}" if metric.get("mean") is not None else ""
+        _say(self.stream, f"[{self.index}/{self.total}] {cell.id}: {status}{value}  elapsed {_fmt_s(elapsed)}, "
+             f"ETA {_fmt_s(eta)}")
 
     def close(self) -> None:
         if self.bar is not None:
@@ -127,7 +271,5 @@ class _Progress:
 
 
 def _fmt_s(seconds: float) -> str:
-    minutes, secs = divmod(int(round(seconds)), 60)
+    minutes, secs = divmod(round(seconds), 60)
     return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
-
-

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import math
+import os
 import types
 import typing
 from collections.abc import Callable, Mapping
@@ -11,7 +13,7 @@ from typing import Any
 
 import torch
 
-from harness.errors import UsageError
+from harness.errors import ParamError, unknown_name
 
 TASK_KINDS = ("classification", "regression", "optimisation")
 
@@ -98,33 +100,59 @@ def _check_spec(spec: Any, kind: str) -> None:
         raise ValueError(f"{kind} {spec.name!r}: its parameters must be a dataclass type, got {params!r}")
 
 
+#: Bounds that catch a slip of the keyboard (three zeros too many) before a grid starts; no real study
+#: needs more. Seeds are limited to what NumPy and every torch backend accept.
+MAX_ITERATIONS = 10**9
+MAX_EPISODES = 10**6
+MAX_TIMEOUT_S = 30 * 24 * 3600.0
+MAX_THREADS = 1024
+MAX_SEED = 2**32 - 1
+MAX_MEMORY_LIMIT_MIB = 2**24  # 16 TiB
+
+
 @dataclass(frozen=True)
 class Budget:
-    """How long a cell may meta-train and how it is evaluated."""
+    """How long a cell may meta-train, how it is evaluated, and what its process may use."""
 
     iterations: int = 1000
     time_limit: float | None = None  # seconds of meta-training; stops early, status stays ok
-    timeout: float = 1800.0  # hard limit for the whole cell; past it the cell's process is killed
+    timeout: float = 1800.0  # hard limit for the whole cell; past it the cell's processes are killed
     val_interval: int = 100
     val_episodes: int = 100
     test_episodes: int = 600
     test_seed: int = 0
     threads: int | None = None
     deterministic: bool = True
+    # MiB of private memory the cell's process may allocate beyond what it holds when the cell starts
+    # (Linux, RLIMIT_DATA); past it allocations fail and the cell's record says out of memory.
+    memory_limit: int | None = None
 
     def __post_init__(self) -> None:
-        for name in ("iterations", "val_interval", "val_episodes", "test_episodes"):
+        hints = typing.get_type_hints(Budget)
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if not _field_accepts(hints[f.name], value):
+                raise ValueError(f"{f.name} must be {_type_name(hints[f.name])}, got {value!r}")
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ValueError(f"{f.name} must be a finite number, got {value!r}")
+        for name, top in (("iterations", MAX_ITERATIONS), ("val_interval", MAX_ITERATIONS),
+                          ("val_episodes", MAX_EPISODES), ("test_episodes", MAX_EPISODES)):
             value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if self.iterations < 1:
-            raise ValueError("iterations must be >= 1")
+            if not 1 <= value <= top:
+                raise ValueError(f"{name} must be an integer from 1 to {top:,}, got {value!r}")
         for name in ("time_limit", "timeout"):
             value = getattr(self, name)
-            if value is not None and (not isinstance(value, (int, float)) or value <= 0):
-                raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
-        if self.threads is not None and (not isinstance(self.threads, int) or self.threads < 1):
-            raise ValueError(f"threads must be a positive integer, got {self.threads!r}")
+            if value is not None and not 0 < value <= MAX_TIMEOUT_S:
+                raise ValueError(f"{name} must be a number of seconds above 0 and at most {MAX_TIMEOUT_S:,.0f} "
+                                 f"(30 days), got {value!r}")
+        if not 0 <= self.test_seed <= MAX_SEED:
+            raise ValueError(f"test_seed must be an integer from 0 to {MAX_SEED:,}, got {self.test_seed!r}")
+        if self.threads is not None and not 1 <= self.threads <= MAX_THREADS:
+            raise ValueError(f"threads must be an integer from 1 to {MAX_THREADS} (torch CPU threads in the "
+                             f"cell's process; this machine has {os.cpu_count()} logical CPUs), got {self.threads!r}")
+        if self.memory_limit is not None and not 1 <= self.memory_limit <= MAX_MEMORY_LIMIT_MIB:
+            raise ValueError(f"memory_limit must be a number of MiB from 1 to {MAX_MEMORY_LIMIT_MIB:,}, "
+                             f"got {self.memory_limit!r}")
 
 
 def check_ranges(
@@ -284,16 +312,20 @@ def is_sequence_field(params_type: type, name: str) -> bool:
 
 
 def resolve_params(params_type: type, overrides: Mapping[str, Any], owner: str) -> Any:
-    """Build the params dataclass from overrides, with errors naming the key and what is valid."""
+    """Build the params dataclass from overrides, with errors naming the key and what is valid.
+
+    Raises ParamError (a UsageError whose `key` is the offending field, when one is to blame) for an
+    unknown name, a value of the wrong type, a non-finite number, or a value the dataclass rejects.
+    """
     fields = {f.name: f for f in dataclasses.fields(params_type)}
     hints = typing.get_type_hints(params_type)
     for key, value in overrides.items():
         if key not in fields:
-            from harness.errors import unknown_name
-
-            raise unknown_name(f"parameter of {owner}", key, fields)
+            raise ParamError(str(unknown_name(f"parameter of {owner}", key, fields)), key)
         if not _field_accepts(hints[key], value):
-            raise UsageError(f"{owner}: parameter {key!r} got {value!r}, expected {_type_name(hints[key])}")
+            raise ParamError(f"{owner}: parameter {key!r} got {value!r}, expected {_type_name(hints[key])}", key)
+        if _non_finite(value):
+            raise ParamError(f"{owner}: parameter {key!r} got {value!r}, expected a finite number", key)
     values = {}
     for key, value in overrides.items():
         if hints[key] is float and isinstance(value, int):
@@ -304,7 +336,16 @@ def resolve_params(params_type: type, overrides: Mapping[str, Any], owner: str) 
     try:
         return params_type(**values)
     except (ValueError, TypeError) as exc:
-        raise UsageError(f"{owner}: {exc}") from None
+        first = str(exc).split(" ", 1)[0]
+        raise ParamError(f"{owner}: {exc}", first if first in fields else None) from None
+
+
+def _non_finite(value: Any) -> bool:
+    if isinstance(value, float):
+        return not math.isfinite(value)
+    if isinstance(value, (list, tuple)):
+        return any(_non_finite(v) for v in value)
+    return False
 
 
 def _type_name(tp: Any) -> str:

@@ -66,3 +66,24 @@ def run_cli(*args: str, cwd: Path, env: dict | None = None, timeout: float = 600
     full_env = {**os.environ, "HARNESS_DISABLE_PLUGIN_AUTOLOAD": "1", **(env or {})}
     return subprocess.run([sys.executable, "-m", "harness.cli", *args], cwd=cwd, env=full_env,
                           capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture
+def readonly_dir(tmp_path):
+    """A folder nobody here can write: permissions for a normal user; for root (who writes through
+    permissions) a read-only file system mounted on it, where this machine allows mounting."""
+    folder = tmp_path / "read-only"
+    folder.mkdir()
+    if os.geteuid() != 0:
+        folder.chmod(0o555)
+        yield folder
+        folder.chmod(0o755)
+        return
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(folder)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"root without permission to mount a read-only folder: {mounted.stderr.strip()}")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", str(folder)], capture_output=True)

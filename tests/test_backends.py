@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from harness.runner import run_one
+from harness.cells import run_one
 from harness.specs import Budget, Cell
 from metaharness_plugins.backends.cpu import CPUBackend
 from metaharness_plugins.backends.cuda import CUDABackend

@@ -6,8 +6,8 @@ import math
 
 import pytest
 
+from harness.cells import run_one
 from harness.registry import build_plugin_manager
-from harness.runner import run_one
 from harness.specs import Budget, Cell
 from tests.fixtures import fewshot_images
 from tests.fixtures.omniglot_runs import write_runs

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 
-from harness.runner import run_one
+from harness.cells import run_one
 from harness.specs import Budget, Cell
 from tests.plugins.helpers import require_omniglot
 

@@ -6,9 +6,9 @@ import math
 
 import pytest
 
+from harness.cells import resolve_cell, run_one, stable_seed
 from harness.grid import load_grid
 from harness.results import ResultStore
-from harness.runner import resolve_cell, run_one, stable_seed
 from harness.session import run_grid
 
 TWO_ALGOS = """

@@ -57,6 +57,10 @@ SHIFT = 2.0  # pixels at 28 px, uniform in +-
 WIDTH = (0.7, 1.2)  # stroke half-width in pixels at 28 px; the ink then fades over one more pixel
 
 
+MAX_PER_CLASS = 1000  # rendered images per class and episode (shots + query)
+MAX_CLASSES = 1_000_000
+
+
 @dataclass(frozen=True)
 class GlyphsConfig:
     """Episode sizes, the glyph universe, the sampler and the model. `query` is query images per class;
@@ -86,6 +90,9 @@ class GlyphsConfig:
                 raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
         check_sampler(self.sampler)
         per_class = self.shots + self.query
+        if per_class > MAX_PER_CLASS or self.num_classes > MAX_CLASSES:
+            raise ValueError(f"shots + query is {per_class} and num_classes {self.num_classes}; the glyph suite "
+                             f"renders at most {MAX_PER_CLASS} images per class and {MAX_CLASSES:,} classes")
         if self.drawings and per_class > self.drawings:
             raise ValueError(f"shots + query = {self.shots} + {self.query} = {per_class} images per class, "
                              f"but drawings={self.drawings} gives each class only {self.drawings}")
@@ -96,8 +103,8 @@ class GlyphsConfig:
                              f"{max(per_class, 20)}")
         if self.model not in MODELS:
             raise ValueError(f"model must be one of {', '.join(MODELS)}, got {self.model!r}")
-        if self.image_size < 8:
-            raise ValueError(f"image_size must be at least 8 pixels, got {self.image_size}")
+        if not 8 <= self.image_size <= 512:
+            raise ValueError(f"image_size must be from 8 to 512 pixels, got {self.image_size}")
         if self.model == "conv4" and self.image_size < 16:
             raise ValueError(f"model 'conv4' needs image_size >= 16 (four 2x2 max-pools), got "
                              f"{self.image_size}; use model 'conv4-nopool' for smaller images")

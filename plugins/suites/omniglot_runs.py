@@ -80,8 +80,8 @@ class OmniglotRunsConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if self.image_size < 8:
-            raise ValueError(f"image_size must be at least 8 pixels, got {self.image_size}")
+        if not 8 <= self.image_size <= 512:
+            raise ValueError(f"image_size must be from 8 to 512 pixels, got {self.image_size}")
         if self.model not in MODELS:
             raise ValueError(f"model must be one of {', '.join(MODELS)}, got {self.model!r}")
         if self.model == "conv4" and self.image_size < 16:  # four 2x2 max-pools leave nothing below 16

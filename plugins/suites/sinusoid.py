@@ -29,6 +29,7 @@ INIT_STD = 0.01  # weight initialisation of the authors' released code (see buil
 INITS = ("torch", "maml")
 
 SPLITS = ("train", "val", "test")
+MAX_POINTS = 100_000  # support or query points per task: far past any study, short of exhausting memory
 
 
 @dataclass(frozen=True)
@@ -52,9 +53,9 @@ class SinusoidConfig:
             value = getattr(self, name)
             if name == "test_shots" and value is None:
                 continue
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= MAX_POINTS:
                 need = "K >= 1" if "shots" in name else "at least one query point per task"
-                raise ValueError(f"{name} must be a positive integer ({need}), got {value!r}")
+                raise ValueError(f"{name} must be an integer from 1 to {MAX_POINTS:,} ({need}), got {value!r}")
 
     @property
     def effective_test_shots(self) -> int:

@@ -295,7 +295,7 @@ def test_corrupt_files_name_the_split_the_file_and_the_cause(tmp_path: Path) -> 
     [
         ({"ways": 0}, "ways must be a positive integer, got 0"),
         ({"query": -1}, "query must be a positive integer, got -1"),
-        ({"image_size": 4}, "image_size must be at least 8 pixels, got 4"),
+        ({"image_size": 4}, "image_size must be from 8 to 512 pixels, got 4"),
         ({"model": "vgg"}, "model must be one of conv4, conv4-64, conv4-nopool, resnet12, got 'vgg'"),
         ({"image_size": 12, "model": "resnet12"}, "model 'resnet12' needs image_size >= 16"),
     ],

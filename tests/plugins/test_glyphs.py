@@ -116,7 +116,7 @@ def test_episode_layout_dtype_and_range(suite: GlyphsSuite) -> None:
         ({"query": -1}, "query must be a positive integer"),
         ({"model": "resnet"}, "model must be one of conv4, conv4-nopool"),
         ({"image_size": 12}, "model 'conv4' needs image_size >= 16"),
-        ({"image_size": 6, "model": "conv4-nopool"}, "image_size must be at least 8"),
+        ({"image_size": 6, "model": "conv4-nopool"}, "image_size must be from 8 to 512"),
         ({"ways": 30, "num_classes": 200}, "30-way episodes need 30 classes in every split"),
         ({"seed": -1}, "seed must be a non-negative integer"),
     ],

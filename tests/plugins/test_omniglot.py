@@ -245,7 +245,7 @@ def test_rotations_are_new_classes_of_the_train_split_only(cache_dir: Path, look
         ({"ways": 0}, "ways must be a positive integer, got 0"),
         ({"shots": -1}, "shots must be a positive integer, got -1"),
         ({"query": 0}, "query must be a positive integer, got 0"),
-        ({"image_size": 4}, "image_size must be at least 8 pixels, got 4"),
+        ({"image_size": 4}, "image_size must be from 8 to 512 pixels, got 4"),
         ({"protocol": "vinyals"}, "protocol must be one of alphabet, standard, got 'vinyals'"),
         ({"model": "resnet12"}, "model must be one of conv4, conv4-nopool, mlp, got 'resnet12'"),
         ({"image_size": 14}, "model 'conv4' needs image_size >= 16"),

@@ -101,23 +101,23 @@ def test_unknown_split_is_rejected(suite: SinusoidSuite) -> None:
 
 
 @pytest.mark.parametrize("field", ["shots", "test_shots", "query", "test_query"])
-@pytest.mark.parametrize("value", [0, -3])
-def test_config_rejects_non_positive_sizes(field: str, value: int) -> None:
-    with pytest.raises(ValueError, match=rf"^{field} must be a positive integer \(.*\), got {value}$"):
+@pytest.mark.parametrize("value", [0, -3, 100_001, 10**12])
+def test_config_rejects_sizes_out_of_range(field: str, value: int) -> None:
+    with pytest.raises(ValueError, match=rf"^{field} must be an integer from 1 to 100,000 \(.*\), got {value}$"):
         SinusoidConfig(**{field: value})
 
 
 def test_config_error_message_for_shots() -> None:
     with pytest.raises(ValueError) as info:
         SinusoidConfig(shots=0)
-    assert str(info.value) == "shots must be a positive integer (K >= 1), got 0"
+    assert str(info.value) == "shots must be an integer from 1 to 100,000 (K >= 1), got 0"
 
 
 def test_grid_overrides_resolve_and_errors_name_the_key() -> None:
     config = resolve_params(SinusoidConfig, {"shots": 5, "test_shots": 5}, "suite 'sinusoid'")
     assert config == SinusoidConfig(shots=5, test_shots=5)
     with pytest.raises(
-        UsageError, match=r"suite 'sinusoid': shots must be a positive integer \(K >= 1\), got -1"
+        UsageError, match=r"suite 'sinusoid': shots must be an integer from 1 to 100,000 \(K >= 1\), got -1"
     ):
         resolve_params(SinusoidConfig, {"shots": -1}, "suite 'sinusoid'")
 
