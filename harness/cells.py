@@ -23,6 +23,16 @@ def stable_seed(*parts: Any) -> int:
     return int.from_bytes(hashlib.sha256(blob).digest()[:4], "big") & 0x7FFFFFFF
 
 
+#: Budget fields added after records were first published, and the value that means "not set": left out
+#: of the configuration when unset, so every record made before the field existed keeps its fingerprint.
+LATER_BUDGET_FIELDS = {"memory_limit": None}
+
+
+def budget_config(budget: Any) -> dict[str, Any]:
+    """The budget as a cell's configuration (and fingerprint) holds it."""
+    return {k: v for k, v in asdict(budget).items() if k not in LATER_BUDGET_FIELDS or LATER_BUDGET_FIELDS[k] != v}
+
+
 def resolve_cell(cell: Cell, registry: Any) -> dict[str, Any]:
     """Full config, code version, fingerprint and seeds of a cell; raises UsageError on bad params."""
     a_reg, s_reg, b_reg = registry.algorithm(cell.algorithm), registry.suite(cell.suite), registry.backend(cell.backend)
@@ -32,7 +42,7 @@ def resolve_cell(cell: Cell, registry: Any) -> dict[str, Any]:
         "algorithm": {"name": cell.algorithm, "hparams": params_dict(hparams)},
         "suite": {"name": cell.suite, "config": params_dict(suite_config)},
         "backend": cell.backend,
-        "budget": asdict(cell.budget),
+        "budget": budget_config(cell.budget),
     }
     plugins = {}
     for reg in (a_reg, s_reg, b_reg):

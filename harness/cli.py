@@ -171,7 +171,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def cmd_run(args: argparse.Namespace, registry: Any) -> int:
-    from harness.files import check_output_dir, create_output_dir, remove_stale_temp_files
+    from harness.files import prepare_output_dirs, remove_stale_temp_files
     from harness.grid import load_grid
     from harness.leaderboard import render_terminal, write_tables
     from harness.publish import grid_tables
@@ -194,17 +194,14 @@ def cmd_run(args: argparse.Namespace, registry: Any) -> int:
         return 0
     if not grid.cells and not grid.skipped:
         raise UsageError(f"grid {grid.name!r} has no cells after filtering")
-    check_output_dir(args.results, "--results folder")
-    check_output_dir(args.leaderboards, "--leaderboards folder")
-    create_output_dir(args.results, "--results folder")
-    create_output_dir(args.leaderboards, "--leaderboards folder")
+    prepare_output_dirs([(args.results, "--results folder"), (args.leaderboards, "--leaderboards folder")])
+    remove_stale_temp_files([args.leaderboards])  # the results folder's are the session's to sweep
     store.save_grid(grid.name, Path(grid.source).read_text(encoding="utf-8"))
     outcome = run_grid(grid, registry, store, force=args.force, in_process=args.in_process,
                        progress=False if args.no_progress else None, exclusive=not args.shared_machine)
     tables, warnings = grid_tables([args.grid], registry, store)  # the whole grid's, whatever the filters
     for warning in warnings:
         _err(f"harness: warning: {warning}")
-    remove_stale_temp_files([args.leaderboards])
     written = write_tables(tables, args.leaderboards, args.formats)
     print(render_terminal(tables))
     others = f", {outcome.by_others} run by other harness processes" if outcome.by_others else ""

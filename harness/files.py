@@ -172,10 +172,13 @@ def check_output_dir(path: Path, what: str) -> None:
         raise UsageError(f"{where} cannot be written: {probe_dir}: {reason}") from None
 
 
-def create_output_dir(path: Path, what: str) -> None:
-    """`check_output_dir`, then create the folder; UsageError with the path and the reason otherwise."""
-    check_output_dir(path, what)
-    try:
-        Path(path).mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UsageError(f"{what} {path} cannot be created: {exc.strerror or exc}") from None
+def prepare_output_dirs(folders: list[tuple[Path, str]]) -> None:
+    """Check every (folder, what it is for) with `check_output_dir`, then create them all: a bad one is
+    an error before anything is created."""
+    for path, what in folders:
+        check_output_dir(path, what)
+    for path, what in folders:
+        try:
+            Path(path).mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UsageError(f"{what} {path} cannot be created: {exc.strerror or exc}") from None

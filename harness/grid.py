@@ -215,11 +215,12 @@ def _read_block(raw: dict[str, Any], index: int, line: int, data: dict[str, Any]
         raise where.error("name", f"a block's name must be a string, got {raw['name']!r}", line)
     merged = {**_table(data, "budget", where), **_table(raw, "budget", where, line)}
     try:
-        budget = resolve_params(Budget, merged, "budget")
+        resolve_params(Budget, merged, "budget")  # names, types, finiteness and ranges, with the key to blame
     except ParamError as exc:
         key = exc.key or next(iter(merged), "budget")
         at = line if key in _table(raw, "budget", where, line) else 0
         raise where.error(key, str(exc).removeprefix("budget: "), at) from None
+    budget = Budget(**merged)  # the values as written (`timeout = 300` stays an int), as fingerprints hold them
     block_seeds = seeds if seeds is not None else _seeds(raw.get("seeds", data.get("seeds", [0])), where, "seeds")
     block_backends = list(backends) or _strings(raw.get("backends", data.get("backends", ["auto"])), "backends", where)
     for name in block_backends:

@@ -19,6 +19,7 @@ from typing import Any, TextIO
 from harness.cellprocess import start_fork_server
 from harness.cells import FAILED_STATUSES, resolve_cell, run_one, skipped_record
 from harness.claims import Claim, ClaimBook
+from harness.errors import HarnessError
 from harness.files import remove_stale_temp_files
 from harness.grid import Grid
 from harness.machine import MachineRuns
@@ -148,8 +149,9 @@ def run_grid(
         with machine, _Watch(claims, machine, stream) as watch:
             waiting = _run_claimable(todo, registry, store, claims, watch, show, outcome, in_process, exclusive)
             if waiting:
+                holders = sorted({h.describe() for h in map(claims.holder, (w.cell.id for w in waiting)) if h})
                 _say(stream, f"harness: waiting for {len(waiting)} cell(s) that other runs on this results folder "
-                     "are running")
+                     f"are running ({', '.join(holders) or 'finishing'})")
             while waiting:
                 time.sleep(WATCH_INTERVAL_S)
                 waiting = _run_claimable(waiting, registry, store, claims, watch, show, outcome, in_process,
@@ -166,28 +168,20 @@ def _run_claimable(items: list[PlannedCell], registry: Any, store: ResultStore, 
     """Run each of `items` this run can claim, take the records other runs wrote; return those still busy."""
     busy = []
     for item in items:
-        done = _written_by_others(item, store)
-        if done is not None:
-            outcome.records.append(done)
-            outcome.by_others += 1
-            show.done(item.cell, done, by_other=True)
+        if _adopt(item, store, show, outcome):
             continue
         claim = claims.try_claim(item.cell.id)
         if not isinstance(claim, Claim):
             busy.append(item)
             continue
         try:
-            done = _written_by_others(item, store)  # finished by another run between our look and our claim
-            if done is not None:
-                outcome.records.append(done)
-                outcome.by_others += 1
-                show.done(item.cell, done, by_other=True)
+            if _adopt(item, store, show, outcome):  # finished by another run between our look and our claim
                 continue
             show.start(item.cell)
             watch.begin_cell()
             record = run_one(item.cell, registry, in_process=in_process, resolved=item.resolved,
                              exclusive=lambda: _exclusive(exclusive, watch))
-            store.write(record)
+            _write(store, record)
         finally:
             claims.release(item.cell.id)
         registry.hook.harness_cell_finished(record=record)
@@ -197,15 +191,29 @@ def _run_claimable(items: list[PlannedCell], registry: Any, store: ResultStore, 
     return busy
 
 
+def _write(store: ResultStore, record: dict[str, Any]) -> None:
+    try:
+        store.write(record)
+    except OSError as exc:  # a full disk, a folder made read-only meanwhile: stop, keeping what is written
+        raise HarnessError(f"cannot write the record of {record['cell_id']} under {store.root}: "
+                           f"{exc.strerror or exc}; the records written before it are kept") from None
+
+
 def _exclusive(alone: bool, watch: _Watch) -> tuple[bool, int]:
     others = watch.shared_with()
     return alone and others == 0, others
 
 
-def _written_by_others(item: PlannedCell, store: ResultStore) -> dict[str, Any] | None:
-    """A record of this cell and fingerprint that appeared after planning (a concurrent run's), if any."""
+def _adopt(item: PlannedCell, store: ResultStore, show: _Progress, outcome: GridRun) -> bool:
+    """Take the record of this cell and fingerprint that appeared after planning (a concurrent run's), if any."""
     fresh = [record for path, record in store.entries(item.cell.id) if path not in item.known]
-    return store.current(item.cell.id, item.resolved["fingerprint"], fresh)
+    done = store.current(item.cell.id, item.resolved["fingerprint"], fresh)
+    if done is None:
+        return False
+    outcome.records.append(done)
+    outcome.by_others += 1
+    show.done(item.cell, done, by_other=True)
+    return True
 
 
 def _record_skipped(grid: Grid, registry: Any, store: ResultStore, outcome: GridRun) -> None:
@@ -216,7 +224,7 @@ def _record_skipped(grid: Grid, registry: Any, store: ResultStore, outcome: Grid
             record = skipped_record(skipped.cell, registry, skipped.status, skipped.reason)
             done = store.find_completed(skipped.cell.id, record["fingerprint"]) if record["fingerprint"] else None
             if done is None:
-                store.write(record)
+                _write(store, record)
             latest = done or record
         outcome.records.append(latest)
 

@@ -23,9 +23,8 @@ from pathlib import Path
 import pytest
 
 from harness.results import read_record
-from tests.conftest import FIXTURES
+from tests.conftest import FAULTY
 
-CRASHING = str(FIXTURES / "crashing_plugin.py")
 MARK = "HARNESS_TEST_RUN"
 STEADY_GRID = """name = "faults"
 backends = ["cpu"]
@@ -37,7 +36,7 @@ test_episodes = 8
 timeout = 60
 threads = 1
 [[block]]
-algorithms = [{{ name = "steady", step_s = {step_s}, lr = [{lrs}] }}]
+algorithms = [{{ name = "healthy", step_s = {step_s}, lr = [{lrs}] }}]
 suites = [{{ name = "sinusoid", shots = 5 }}]
 """
 #: Leaderboard columns that are measured times or memory: everything else must match exactly.
@@ -92,7 +91,7 @@ def leftovers(*folders: Path) -> list[Path]:
 
 
 @pytest.fixture
-def steady_grid(tmp_path: Path):
+def healthy_grid(tmp_path: Path):
     def write(n_cells: int, step_s: float = 0.05, name: str = "faults.toml") -> Path:
         lrs = ", ".join(str(0.005 * (i + 1)) for i in range(n_cells))
         path = tmp_path / name
@@ -107,14 +106,25 @@ def _finish(proc: subprocess.Popen, timeout: float = 120) -> tuple[int, str, str
     return proc.returncode, out, err
 
 
-def test_killed_at_random_moments_and_at_every_write_resumes_to_the_uninterrupted_result(tmp_path, steady_grid):
+def _seeds() -> list[int]:
+    """The seeds of the kill trials: `HARNESS_FAULT_SEEDS` (`3`, `1,5`, `1-100`) for a longer campaign."""
+    text = os.environ.get("HARNESS_FAULT_SEEDS", "20261201")
+    seeds = []
+    for part in text.split(","):
+        low, _, high = part.partition("-")
+        seeds += list(range(int(low), int(high or low) + 1))
+    return seeds
+
+
+@pytest.mark.parametrize("seed", _seeds())
+def test_killed_at_random_moments_and_at_every_write_resumes_to_the_uninterrupted_result(tmp_path, healthy_grid, seed):
     n_cells = 8
-    grid = str(steady_grid(n_cells, step_s=0.02))
-    args = ["run", "-p", CRASHING, "--grid", grid, "--no-progress"]
+    grid = str(healthy_grid(n_cells, step_s=0.02))
+    args = ["run", "-p", FAULTY, "--grid", grid, "--no-progress"]
     # The uninterrupted run, beside the trials (its timings are not compared, its metrics are).
     uninterrupted = start([*args, "--results", "ref", "--leaderboards", "ref-boards"], tmp_path, "ref")
 
-    rng = random.Random(20261201)
+    rng = random.Random(seed)
     # A kill inside each kind of write (the temporary file written; the file in place) of claims and
     # records at a seeded occurrence, and signals at seeded moments (while torch loads, while cells run,
     # between them, while the tables are written), in a seeded order; then the kills inside the
@@ -173,12 +183,34 @@ def test_killed_at_random_moments_and_at_every_write_resumes_to_the_uninterrupte
     assert leftovers(results, boards) == []
 
 
-def test_concurrent_runs_on_one_store_split_the_cells(tmp_path, steady_grid):
-    grid = str(steady_grid(5, step_s=0.08))
+def test_a_cell_past_its_timeout_is_killed_even_while_the_harness_is_stopped(tmp_path):
+    grid = tmp_path / "hang.toml"
+    grid.write_text('name = "hang"\nbackends = ["cpu"]\n[budget]\niterations = 4\nval_interval = 2\nval_episodes = 2\n'
+                    'test_episodes = 2\ntimeout = 2\n[[block]]\nalgorithms = [{ name = "sleeps", fail_at = 1, sleep_s = 3600.0 }]\n'
+                    'suites = ["sinusoid"]\n')
+    proc = start(["run", "-p", FAULTY, "--grid", str(grid), "--no-progress"], tmp_path, "stopped")
+    deadline = time.monotonic() + 30
+    while len(marked("stopped")) < 5 and time.monotonic() < deadline:  # harness, fork server, tracker, cell
+        time.sleep(0.1)
+    assert len(marked("stopped")) == 5, marked("stopped")  # the cell's supervisor and worker run
+    proc.send_signal(signal.SIGSTOP)  # as if the harness hung, or were suspended with Ctrl-Z
+    try:
+        time.sleep(3)
+        cell = [p for p in marked("stopped") if not p.startswith(f"{proc.pid} ")
+                and "forkserver import main" not in p and "resource_tracker" not in p]
+        assert cell == []  # the supervisor enforced the timeout on its own, and went
+    finally:
+        proc.send_signal(signal.SIGCONT)
+    code, _, err = _finish(proc)
+    assert code == 1 and "TIMEOUT" in err and survivors("stopped") == []
+
+
+def test_concurrent_runs_on_one_store_split_the_cells(tmp_path, healthy_grid):
+    grid = str(healthy_grid(5, step_s=0.08))
     for n_runs in (2, 3):
         folder = tmp_path / f"runs{n_runs}"
         folder.mkdir()
-        procs = [start(["run", "-p", CRASHING, "--grid", grid, "--no-progress"], folder, f"conc-{n_runs}-{i}")
+        procs = [start(["run", "-p", FAULTY, "--grid", grid, "--no-progress"], folder, f"conc-{n_runs}-{i}")
                  for i in range(n_runs)]
         finished = [_finish(proc) for proc in procs]
         for code, _, err in finished:
@@ -206,15 +238,15 @@ timeout = 3
 threads = 1
 memory_limit = 256
 [[block]]
-algorithms = ["steady", "hangs", "exits", "segfaults", "hogs", "spawns"]
+algorithms = ["healthy", { name = "sleeps", sleep_s = 3600.0 }, "exits", "segfaults", "hogs", "spawns"]
 suites = [{ name = "sinusoid", shots = 5 }]
 """)
-    code, out, err = _finish(start(["run", "-p", CRASHING, "--grid", str(grid), "--no-progress"], tmp_path, "crash"))
+    code, out, err = _finish(start(["run", "-p", FAULTY, "--grid", str(grid), "--no-progress"], tmp_path, "crash"))
     assert code == 1, err
     assert survivors("crash") == []  # spawns's children, one in a session of its own, went with it
     by_algorithm = {r["cell"]["algorithm"]: r for r in records(tmp_path / "results")}
-    assert by_algorithm["steady"]["status"] == "ok" and by_algorithm["spawns"]["status"] == "ok"
-    assert by_algorithm["hangs"]["status"] == "timeout" and "timeout of 3 s" in by_algorithm["hangs"]["reason"]
+    assert by_algorithm["healthy"]["status"] == "ok" and by_algorithm["spawns"]["status"] == "ok"
+    assert by_algorithm["sleeps"]["status"] == "timeout" and "timeout of 3 s" in by_algorithm["sleeps"]["reason"]
     assert by_algorithm["exits"]["status"] == "failed"
     assert by_algorithm["exits"]["reason"].endswith("exit code 3")
     assert by_algorithm["segfaults"]["status"] == "failed"
@@ -234,10 +266,10 @@ test_episodes = 4
 threads = 1
 """
     (tmp_path / "first.toml").write_text('name = "first"\n' + base + '[[block]]\nalgorithms = ["pretrain", "fomaml", '
-                                         '{ name = "steady", lr = 0.01 }]\nsuites = [{ name = "sinusoid", shots = 5 }]\n')
+                                         '{ name = "healthy", lr = 0.01 }]\nsuites = [{ name = "sinusoid", shots = 5 }]\n')
     (tmp_path / "second.toml").write_text('name = "second"\n' + base + '[[block]]\nalgorithms = ["pretrain", "maml"]\n'
                                           'suites = [{ name = "sinusoid", shots = 5 }]\n')
-    run = ["run", "-p", CRASHING, "--no-progress", "--grid"]
+    run = ["run", "-p", FAULTY, "--no-progress", "--grid"]
     table = tmp_path / "leaderboards" / "first" / "sinusoid_shots=5.csv"
     assert _finish(start([*run, "first.toml"], tmp_path, "shrink"))[0] == 0
     before = table.read_text()
@@ -252,7 +284,7 @@ threads = 1
     assert len(metric_rows(table.parent)) == 3
     assert "| 3 |" in (table.parent / "README.md").read_text()
     written = {p.relative_to(tmp_path / "leaderboards"): p.read_text() for p in (tmp_path / "leaderboards").rglob("*.*")}
-    code, _, err = _finish(start(["leaderboard", "-p", CRASHING, "--out", "rebuilt"], tmp_path, "shrink"))
+    code, _, err = _finish(start(["leaderboard", "-p", FAULTY, "--out", "rebuilt"], tmp_path, "shrink"))
     assert code == 0, err
     rebuilt = {p.relative_to(tmp_path / "rebuilt"): p.read_text() for p in (tmp_path / "rebuilt").rglob("*.*")}
     assert rebuilt == written

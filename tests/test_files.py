@@ -14,8 +14,8 @@ from harness.errors import UsageError
 from harness.files import (
     atomic_write_text,
     check_output_dir,
-    create_output_dir,
     host_token,
+    prepare_output_dirs,
     remove_stale_temp_files,
     stale_temp_files,
 )
@@ -85,8 +85,11 @@ def test_output_folders_are_checked_without_creating_anything(tmp_path: Path) ->
         check_output_dir(tmp_path / "file.txt", "--results folder")
     check_output_dir(tmp_path / "new" / "deeper", "--results folder")
     assert not (tmp_path / "new").exists() and sorted(os.listdir(tmp_path)) == ["file.txt"]
-    create_output_dir(tmp_path / "new" / "deeper", "--results folder")
-    assert (tmp_path / "new" / "deeper").is_dir()
+    with pytest.raises(UsageError, match="file.txt"):  # one bad folder: none is created
+        prepare_output_dirs([(tmp_path / "new" / "deeper", "--results folder"), (tmp_path / "file.txt", "--out folder")])
+    assert not (tmp_path / "new").exists()
+    prepare_output_dirs([(tmp_path / "new" / "deeper", "--results folder"), (tmp_path / "boards", "--out folder")])
+    assert (tmp_path / "new" / "deeper").is_dir() and (tmp_path / "boards").is_dir()
 
 
 def test_a_read_only_folder_is_refused(readonly_dir: Path) -> None:
