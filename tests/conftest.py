@@ -22,6 +22,9 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 if SHARED_DATA.is_dir():
     os.environ.setdefault("HARNESS_DATA", str(SHARED_DATA))
 os.environ.setdefault("HARNESS_CACHE", tempfile.mkdtemp(prefix="harness-test-cache-"))
+# The harness runs of this test session see each other (the concurrency tests need that), not the
+# harness runs that may be going on elsewhere on the machine (which would make their timings shared).
+os.environ["HARNESS_RUNS_DIR"] = tempfile.mkdtemp(prefix="harness-test-runs-")
 
 
 @pytest.fixture(scope="session")
