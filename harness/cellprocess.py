@@ -83,19 +83,23 @@ def _mp_context() -> Any:
 def start_fork_server() -> None:
     """Start the fork server now (it imports torch meanwhile), if cells start from one here.
 
-    It starts with SIGINT ignored, which Python then keeps: a Ctrl-C while it imports torch must not
-    print a traceback from it (the harness process handles the Ctrl-C and stops the cells).
+    The server starts with SIGINT ignored, which Python then keeps: a Ctrl-C while it imports torch must
+    not print a traceback from it (the harness process handles the Ctrl-C and stops the cells). Here
+    SIGINT is blocked meanwhile, so a Ctrl-C during the spawn is held back (Linux keeps a blocked signal
+    pending even while it is ignored) and delivered once the handler is back, never lost.
     """
     ctx = _mp_context()
     if ctx.get_start_method() != "forkserver" or not _in_main_thread():
         return
     from multiprocessing import forkserver
 
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    handler = signal.signal(signal.SIGINT, signal.SIG_IGN)  # what the server inherits through exec
     try:
         forkserver.ensure_running()
     finally:
-        signal.signal(signal.SIGINT, previous)
+        signal.signal(signal.SIGINT, handler)
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
 
 
 def _in_main_thread() -> bool:

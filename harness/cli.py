@@ -11,6 +11,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+from harness import interrupts
 from harness.errors import HarnessError, UsageError
 
 LIST_WHAT = ("algorithms", "suites", "backends", "grids", "plugins")
@@ -99,38 +100,6 @@ def build_parser(registry: Any | None = None) -> argparse.ArgumentParser:
     return parser
 
 
-class Interrupted(BaseException):
-    """SIGTERM or SIGHUP, raised in the main thread like KeyboardInterrupt so that every `finally` runs
-    (cells' process trees are killed, claims released) before the harness exits."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signum)
-        self.signum = signum
-
-
-_interrupted: list[int] = []
-
-
-def _on_signal(signum: int, frame: Any) -> None:
-    """The first SIGINT, SIGTERM or SIGHUP interrupts the run; later ones are ignored while it cleans up."""
-    if _interrupted:
-        return
-    _interrupted.append(signum)
-    if signum == signal.SIGINT:
-        raise KeyboardInterrupt
-    raise Interrupted(signum)
-
-
-def _install_signal_handlers() -> dict[int, Any]:
-    """Route SIGINT, SIGTERM and SIGHUP to `_on_signal`; return the handlers they had."""
-    previous = {}
-    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        with contextlib.suppress(ValueError, OSError):  # not in the main thread (an embedding program)
-            if signal.getsignal(sig) is not signal.SIG_IGN:  # e.g. nohup: ignored hang-ups stay ignored
-                previous[sig] = signal.signal(sig, _on_signal)
-    return previous
-
-
 def _err(line: str) -> None:
     with contextlib.suppress(OSError, ValueError):  # after a hang-up the terminal is gone
         print(line, file=sys.stderr, flush=True)
@@ -140,8 +109,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `harness` console script; returns the exit code."""
     called = argv is not None  # by a program (or a test), not as the `harness` command
     argv = list(sys.argv[1:] if argv is None else argv)
-    _interrupted.clear()
-    previous = _install_signal_handlers()
+    previous = interrupts.install()
     try:
         from harness.registry import build_plugin_manager
 
@@ -149,6 +117,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = build_parser(registry).parse_args(argv)
         registry.hook.harness_configure.call_historic(
             kwargs={"config": SimpleNamespace(options=args, registry=registry)})
+        interrupts.checkpoint()
         return COMMANDS[args.command](args, registry)
     except HarnessError as exc:
         _err(f"harness: error: {exc}")
@@ -156,18 +125,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         _err("harness: interrupted; records of finished cells are kept")
         return 128 + signal.SIGINT
-    except Interrupted as exc:
+    except interrupts.Interrupted as exc:
         _err(f"harness: interrupted by {signal.Signals(exc.signum).name}; records of finished cells are kept")
         return 128 + exc.signum
     finally:
-        _interrupted.append(0)  # from here on a signal changes nothing: the work is done, the exit code set
-        if called:  # a program that calls main() and goes on gets its own handlers back
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
-        else:  # the command is exiting with its exit code set: a late signal must not kill the interpreter
-            # mid-shutdown, when Python puts the default handlers back (it leaves ignored signals ignored)
-            for sig in previous:
-                signal.signal(sig, signal.SIG_IGN)
+        interrupts.close(previous, exiting=not called)
 
 
 def cmd_run(args: argparse.Namespace, registry: Any) -> int:
@@ -199,6 +161,7 @@ def cmd_run(args: argparse.Namespace, registry: Any) -> int:
     store.save_grid(grid.name, Path(grid.source).read_text(encoding="utf-8"))
     outcome = run_grid(grid, registry, store, force=args.force, in_process=args.in_process,
                        progress=False if args.no_progress else None, exclusive=not args.shared_machine)
+    interrupts.checkpoint()
     tables, warnings = grid_tables([args.grid], registry, store)  # the whole grid's, whatever the filters
     for warning in warnings:
         _err(f"harness: warning: {warning}")

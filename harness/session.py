@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+from harness import interrupts
 from harness.cellprocess import start_fork_server
 from harness.cells import FAILED_STATUSES, resolve_cell, run_one, skipped_record
 from harness.claims import Claim, ClaimBook
@@ -168,6 +169,7 @@ def _run_claimable(items: list[PlannedCell], registry: Any, store: ResultStore, 
     """Run each of `items` this run can claim, take the records other runs wrote; return those still busy."""
     busy = []
     for item in items:
+        interrupts.checkpoint()
         if _adopt(item, store, show, outcome):
             continue
         claim = claims.try_claim(item.cell.id)

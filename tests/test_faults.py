@@ -123,31 +123,48 @@ def test_killed_at_random_moments_and_at_every_write_resumes_to_the_uninterrupte
     args = ["run", "-p", FAULTY, "--grid", grid, "--no-progress"]
     # The uninterrupted run, beside the trials (its timings are not compared, its metrics are).
     uninterrupted = start([*args, "--results", "ref", "--leaderboards", "ref-boards"], tmp_path, "ref")
+    try:
+        outcomes = _kill_trials(tmp_path, args, n_cells, random.Random(seed))
+    finally:
+        code, _, err = _finish(uninterrupted)
+    assert code == 0, err
+    # Every write failpoint killed its run; the signals did (or came after the run had finished).
+    assert all(code == -signal.SIGKILL for kind, *_, code in outcomes if kind == "failpoint"), outcomes
+    assert any(code != 0 for kind, *_, code in outcomes if kind == "signal"), outcomes
 
-    rng = random.Random(seed)
-    # A kill inside each kind of write (the temporary file written; the file in place) of claims and
-    # records at a seeded occurrence, and signals at seeded moments (while torch loads, while cells run,
-    # between them, while the tables are written), in a seeded order; then the kills inside the
-    # leaderboard writes, which every run reaches last, with or without cells left to run.
-    trials: list[tuple[str, object]] = [("failpoint", (point, rng.randint(1, 2)))
-                                        for point in ("claim-written", "claim-done", "record-written", "record-done")]
-    trials += [("signal", name) for name in ("KILL", "TERM", "INT", "HUP")]
-    rng.shuffle(trials)
-    trials += [("failpoint", (point, 1)) for point in ("leaderboard-written", "leaderboard-done")]
     results, boards = tmp_path / "results", tmp_path / "leaderboards"
+    code, out, err = _finish(start(args, tmp_path, "final"))
+    assert code == 0, err
+    final = records(results)
+    assert sorted(r["status"] for r in final) == ["ok"] * n_cells  # exactly one ok record per cell
+    assert len(metric_rows(tmp_path / "ref-boards" / "faults")) == n_cells
+    assert metric_rows(boards / "faults") == metric_rows(tmp_path / "ref-boards" / "faults")
+    assert leftovers(results, boards) == []
+
+
+def _kill_trials(folder: Path, args: list[str], n_cells: int, rng: random.Random) -> list[tuple]:
+    """Kill runs of the grid in `folder`, one trial at a time; (kind, what, cells left, exit code) per trial.
+
+    First a kill inside each kind of write (the temporary file written; the file in place) of claims and
+    records, at a seeded occurrence (they need at most five of the cells); then signals at seeded moments
+    (while the harness starts and torch loads, while cells run, between them, while tables are written),
+    each kind once in a seeded order; then kills inside the leaderboard writes, which every run reaches.
+    """
+    trials: list[tuple[str, object]] = [("failpoint", (point, rng.randint(1, 2))) for point in
+                                        rng.sample(["claim-written", "claim-done", "record-written", "record-done"], 4)]
+    trials += [("signal", name) for name in rng.sample(["KILL", "TERM", "INT", "HUP"], 4)]
+    trials += [("failpoint", (point, 1)) for point in ("leaderboard-written", "leaderboard-done")]
+    results = folder / "results"
     outcomes = []
     for number, (kind, what) in enumerate(trials):
         mark = f"trial-{number}"
         left = n_cells - (len(list(results.glob("*/*.json"))) if results.exists() else 0)
         if kind == "failpoint":
             point, occurrence = what
-            proc = start(args, tmp_path, mark, HARNESS_FAILPOINT=f"{point}:{occurrence}")
-        else:
-            # Kill while the harness starts (torch loading: about four seconds) or while cells run, keeping
-            # enough cells for the write failpoints still to come.
-            spare = left - sum(w[1] for k, w in trials[number + 1:-2] if k == "failpoint")
-            delay = rng.uniform(0.3, 4.0 + 0.3 * max(0, spare))
-            proc = start(args, tmp_path, mark)
+            proc = start(args, folder, mark, HARNESS_FAILPOINT=f"{point}:{occurrence}")
+        else:  # within the harness's start (a few seconds) and, while cells are left, theirs
+            delay = rng.uniform(0.3, 1.5 + 0.4 * left)
+            proc = start(args, folder, mark)
             time.sleep(delay)
             sig = getattr(signal, f"SIG{what}")
             if what in ("INT", "HUP"):  # what a terminal sends: to the whole foreground process group
@@ -159,28 +176,16 @@ def test_killed_at_random_moments_and_at_every_write_resumes_to_the_uninterrupte
         outcomes.append((kind, what, left, code))
         assert survivors(mark) == [], f"trial {kind} {what}: processes outlived the harness"
         assert "Traceback" not in err, f"trial {kind} {what}:\n{err}"
-        if kind == "failpoint" and code == -signal.SIGKILL:
-            pass  # died where it was told to
-        elif kind == "signal" and code != 0:
+        if kind == "signal" and code != 0:
             sig = getattr(signal, f"SIG{what[0]}")
             assert code in (-sig, 128 + sig), (what, code, err)
             if sig != signal.SIGKILL:
                 assert "records of finished cells are kept" in err, (what, code, err[-400:])
-        else:
+        elif code != -signal.SIGKILL:
             assert code == 0, (kind, what, err)
         per_cell = [r["cell_id"] for r in records(results)] if results.exists() else []
         assert len(per_cell) == len(set(per_cell)), f"trial {kind} {what}: a cell has two records"
-    assert sum(1 for *_, code in outcomes if code != 0) >= len(trials) - 1, outcomes  # the kills did happen
-
-    code, out, err = _finish(start(args, tmp_path, "final"))
-    assert code == 0, err
-    final = records(results)
-    assert sorted(r["status"] for r in final) == ["ok"] * n_cells  # exactly one ok record per cell
-    code, _, err = _finish(uninterrupted)
-    assert code == 0, err
-    assert len(metric_rows(tmp_path / "ref-boards" / "faults")) == n_cells
-    assert metric_rows(boards / "faults") == metric_rows(tmp_path / "ref-boards" / "faults")
-    assert leftovers(results, boards) == []
+    return outcomes
 
 
 def test_a_cell_past_its_timeout_is_killed_even_while_the_harness_is_stopped(tmp_path):
