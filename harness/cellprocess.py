@@ -176,9 +176,7 @@ def _receive(conn: Any, waiting: list[Any]) -> Any:
     """One message from `conn`, or None at its end (then `conn` leaves `waiting`)."""
     try:
         return conn.recv()
-    except (EOFError, OSError):
-        waiting.remove(conn)
-    except Exception:  # noqa: BLE001 - a message cut short by a kill is no message
+    except Exception:  # noqa: BLE001 - the end of the pipe (EOFError), or a message cut short by a kill
         waiting.remove(conn)
     return None
 
