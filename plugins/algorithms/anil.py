@@ -22,38 +22,22 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
-from harness import Algorithm, AlgorithmSpec, TaskBatch, TaskSuite, check_ranges, hookimpl, split_classifier
+from harness import Algorithm, AlgorithmSpec, TaskBatch, TaskSuite, hookimpl, split_classifier
+from metaharness_plugins import hparams as shared
 
 Params = dict[str, torch.Tensor]
 
 
 @dataclass(frozen=True)
-class ANILHparams:
-    """Defaults are MAML's Omniglot 5-way settings, which the ANIL paper keeps (its section 4 and
-    appendix use MAML's hyper-parameters; MAML appendix A.1 / section 5.2).
+class ANILHparams(shared.ANILHparams):
+    """ANIL's settings (`shared.ANILHparams`) and the native task loop's switch.
 
-    inner_lr: the inner step size alpha, 0.4 on Omniglot.
-    inner_steps: inner SGD steps on the head at meta-train (one on Omniglot).
-    test_steps: inner SGD steps at meta-test (three on Omniglot, with the same step size).
-    meta_lr: Adam's step size for the meta-update (0.001).
-    meta_batch_size: tasks per meta-update (32 for 5-way Omniglot; 16 for 20-way).
-    first_order: treat the inner gradients as constants (no second-order terms).
     vmap_tasks: vectorise the tasks of a meta-batch with vmap rather than loop over them. Both give the
         same numbers; on CPU with conv4 the loop was the faster (see the module's tests), so it is
         the default.
     """
 
-    inner_lr: float = 0.4
-    inner_steps: int = 1
-    test_steps: int = 3
-    meta_lr: float = 0.001
-    meta_batch_size: int = 32
-    first_order: bool = False
     vmap_tasks: bool = False
-
-    def __post_init__(self) -> None:
-        check_ranges(self, at_least_one=("inner_steps", "meta_batch_size"), non_negative=("test_steps",),
-                     positive=("inner_lr", "meta_lr"))
 
 
 def _detached(params: Params) -> Params:

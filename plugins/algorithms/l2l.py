@@ -32,110 +32,11 @@ from torch.func import functional_call
 
 from harness import Algorithm, AlgorithmSpec, TaskBatch, TaskSuite, check_ranges, hookimpl, split_classifier
 from metaharness_plugins._learn2learn import import_learn2learn
+from metaharness_plugins.hparams import ANILHparams, FOMAMLHparams, MAMLHparams, MetaSGDHparams, ProtoNetHparams
 
 Params = dict[str, Tensor]
 
 ALPHA_PREFIX = "alpha."  # names of Meta-SGD's learned learning rates, as the native metasgd names them
-DISTANCES = ("euclidean", "cosine")
-
-
-# --- hyper-parameters: the native algorithms' names, meanings and defaults ----------------------
-
-
-@dataclass(frozen=True)
-class L2LMAMLHparams:
-    """The native `maml`'s settings (the MAML paper's sinusoid defaults, section 5.1).
-
-    inner_lr: the inner SGD step size alpha (learn2learn's `MAML(lr=...)`).
-    inner_steps / test_steps: `adapt()` calls per task at meta-train / meta-test.
-    meta_lr: Adam's step size for the meta-update.
-    meta_batch_size: tasks per meta-update.
-    first_order: learn2learn's `first_order` flag: the inner gradients are constants (section 5.2).
-    """
-
-    inner_lr: float = 0.01
-    inner_steps: int = 1
-    test_steps: int = 10
-    meta_lr: float = 0.001
-    meta_batch_size: int = 25
-    first_order: bool = False
-
-    def __post_init__(self) -> None:
-        check_ranges(self, at_least_one=("inner_steps", "meta_batch_size"), non_negative=("test_steps",),
-                     positive=("inner_lr", "meta_lr"))
-
-
-@dataclass(frozen=True)
-class L2LFOMAMLHparams(L2LMAMLHparams):
-    """First-order MAML: the same settings with the second-order terms dropped."""
-
-    first_order: bool = True
-
-
-@dataclass(frozen=True)
-class L2LMetaSGDHparams:
-    """The native `metasgd`'s settings (the Meta-SGD paper's regression set-up, section 4.1).
-
-    inner_steps / test_steps: adaptation steps at meta-train / meta-test (one in the paper).
-    alpha_init: the learned learning rates start uniform in this range, drawn from torch's global RNG
-        after the model is built, in parameter order (as the native one draws them), and are handed to
-        learn2learn's `MetaSGD(lrs=...)` (its own initialisation is a constant).
-    meta_lr: Adam's step size for the weights and the learning rates.
-    meta_batch_size: tasks per meta-update.
-    """
-
-    inner_steps: int = 1
-    test_steps: int = 1
-    alpha_init: tuple[float, float] = (0.005, 0.1)
-    meta_lr: float = 0.001
-    meta_batch_size: int = 25
-
-    def __post_init__(self) -> None:
-        check_ranges(self, at_least_one=("inner_steps", "meta_batch_size"), non_negative=("test_steps",),
-                     positive=("meta_lr",))
-        if len(self.alpha_init) != 2 or not 0 <= self.alpha_init[0] <= self.alpha_init[1]:
-            raise ValueError(
-                f"alpha_init must be a range (low, high) with 0 <= low <= high, got {self.alpha_init!r}"
-            )
-
-
-@dataclass(frozen=True)
-class L2LANILHparams:
-    """The native `anil`'s settings (MAML's Omniglot 5-way settings, which the ANIL paper keeps).
-
-    inner_lr: step size of the head's inner SGD steps; inner_steps / test_steps: at meta-train / test.
-    meta_lr: Adam's step size for body and head; meta_batch_size: tasks per meta-update.
-    first_order: treat the head's inner gradients as constants.
-    """
-
-    inner_lr: float = 0.4
-    inner_steps: int = 1
-    test_steps: int = 3
-    meta_lr: float = 0.001
-    meta_batch_size: int = 32
-    first_order: bool = False
-
-    def __post_init__(self) -> None:
-        check_ranges(self, at_least_one=("inner_steps", "meta_batch_size"), non_negative=("test_steps",),
-                     positive=("inner_lr", "meta_lr"))
-
-
-@dataclass(frozen=True)
-class L2LProtoNetHparams:
-    """The native `protonet`'s settings (the ProtoNets paper's Omniglot ones, section 3.1).
-
-    meta_lr: Adam's step size; meta_batch_size: episodes per Adam step (one in the paper).
-    distance: "euclidean" (minus squared distance) or "cosine", learn2learn's two distances.
-    """
-
-    meta_lr: float = 0.001
-    meta_batch_size: int = 1
-    distance: str = "euclidean"
-
-    def __post_init__(self) -> None:
-        check_ranges(self, at_least_one=("meta_batch_size",), positive=("meta_lr",))
-        if self.distance not in DISTANCES:
-            raise ValueError(f"distance must be one of {', '.join(DISTANCES)}, got {self.distance!r}")
 
 
 @dataclass(frozen=True)
@@ -213,7 +114,7 @@ class L2LMAML(_TaskLoop):
     """MAML / first-order MAML with `learn2learn.algorithms.MAML`: per task `clone()`, `adapt()` on the
     support loss `inner_steps` times, query loss. States are parameter dicts, named as in the model."""
 
-    def __init__(self, hparams: L2LMAMLHparams, model: nn.Module, suite: TaskSuite, backend: Any) -> None:
+    def __init__(self, hparams: MAMLHparams, model: nn.Module, suite: TaskSuite, backend: Any) -> None:
         super().__init__(hparams, model, suite, backend)
         l2l = import_learn2learn()
         self.model = model.to(self.device)
@@ -248,7 +149,7 @@ class L2LMetaSGD(_TaskLoop):
     """Meta-SGD with `learn2learn.algorithms.MetaSGD`, its learning rates drawn as the native one draws
     them; meta-parameters are the weights and `alpha.<name>` (learn2learn's `lrs`)."""
 
-    def __init__(self, hparams: L2LMetaSGDHparams, model: nn.Module, suite: TaskSuite, backend: Any) -> None:
+    def __init__(self, hparams: MetaSGDHparams, model: nn.Module, suite: TaskSuite, backend: Any) -> None:
         super().__init__(hparams, model, suite, backend)
         l2l = import_learn2learn()
         self.model = model.to(self.device)
@@ -289,7 +190,7 @@ class L2LANIL(_TaskLoop):
     """ANIL as learn2learn's examples build it: `MAML` wrapped around the final Linear head only, the
     body trained by the outer loop; support and query features are computed once per task."""
 
-    def __init__(self, hparams: L2LANILHparams, model: nn.Module, suite: TaskSuite, backend: Any) -> None:
+    def __init__(self, hparams: ANILHparams, model: nn.Module, suite: TaskSuite, backend: Any) -> None:
         super().__init__(hparams, model, suite, backend)
         l2l = import_learn2learn()
         self.body, head = split_classifier(model, "l2l-anil", "head (the only layer its inner loop adapts)")
@@ -332,7 +233,7 @@ class L2LProtoNet(_TaskLoop):
     """Prototypical Networks with `learn2learn.nn.PrototypicalClassifier` on the suite's embedding (the
     model less its last Linear). A state is the classifier fitted on one task's support embeddings."""
 
-    def __init__(self, hparams: L2LProtoNetHparams, model: nn.Module, suite: TaskSuite, backend: Any) -> None:
+    def __init__(self, hparams: ProtoNetHparams, model: nn.Module, suite: TaskSuite, backend: Any) -> None:
         super().__init__(hparams, model, suite, backend)
         self.classifier_type = import_learn2learn().nn.PrototypicalClassifier
         embedding, head = split_classifier(model, "l2l-protonet")
@@ -425,7 +326,7 @@ def harness_register_algorithms() -> list[AlgorithmSpec]:
         AlgorithmSpec(
             name="l2l-maml",
             factory=L2LMAML,
-            hparams=L2LMAMLHparams,
+            hparams=MAMLHparams,
             task_kinds=both,
             description="learn2learn's MAML (clone/adapt, second order), with the native maml's settings",
             paper=f"{_L2L_PAPER}; Finn, Abbeel & Levine 2017 (ICML)",
@@ -435,7 +336,7 @@ def harness_register_algorithms() -> list[AlgorithmSpec]:
         AlgorithmSpec(
             name="l2l-fomaml",
             factory=L2LMAML,
-            hparams=L2LFOMAMLHparams,
+            hparams=FOMAMLHparams,
             task_kinds=both,
             description="learn2learn's MAML with first_order=True, with the native fomaml's settings",
             paper=f"{_L2L_PAPER}; Finn, Abbeel & Levine 2017 (ICML), section 5.2",
@@ -444,7 +345,7 @@ def harness_register_algorithms() -> list[AlgorithmSpec]:
         AlgorithmSpec(
             name="l2l-metasgd",
             factory=L2LMetaSGD,
-            hparams=L2LMetaSGDHparams,
+            hparams=MetaSGDHparams,
             task_kinds=both,
             description="learn2learn's MetaSGD (learned per-parameter step sizes); native metasgd's settings",
             paper=f"{_L2L_PAPER}; Li, Zhou, Chen & Li 2017 (arXiv:1707.09835)",
@@ -454,7 +355,7 @@ def harness_register_algorithms() -> list[AlgorithmSpec]:
         AlgorithmSpec(
             name="l2l-anil",
             factory=L2LANIL,
-            hparams=L2LANILHparams,
+            hparams=ANILHparams,
             task_kinds=classification,
             description="learn2learn's MAML around the final Linear head only (ANIL), native anil's settings",
             paper=f"{_L2L_PAPER}; Raghu, Raghu, Bengio & Vinyals 2020 (ICLR)",
@@ -464,7 +365,7 @@ def harness_register_algorithms() -> list[AlgorithmSpec]:
         AlgorithmSpec(
             name="l2l-protonet",
             factory=L2LProtoNet,
-            hparams=L2LProtoNetHparams,
+            hparams=ProtoNetHparams,
             task_kinds=classification,
             description="learn2learn's PrototypicalClassifier on the embedding, native protonet's settings",
             paper=f"{_L2L_PAPER}; Snell, Swersky & Zemel 2017 (NeurIPS)",

@@ -22,7 +22,8 @@ import torch
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
-from harness import Algorithm, AlgorithmSpec, TaskBatch, TaskSuite, check_ranges, hookimpl
+from harness import Algorithm, AlgorithmSpec, TaskBatch, TaskSuite, hookimpl
+from metaharness_plugins import hparams as shared
 
 Params = dict[str, torch.Tensor]
 
@@ -30,35 +31,13 @@ ALPHA_PREFIX = "alpha."  # names of the learned learning rates among the meta-pa
 
 
 @dataclass(frozen=True)
-class MetaSGDHparams:
-    """Defaults follow the paper's regression experiment (section 4.1), which reuses MAML's set-up.
+class MetaSGDHparams(shared.MetaSGDHparams):
+    """Meta-SGD's settings (`shared.MetaSGDHparams`) and the native task loop's switch.
 
-    inner_steps / test_steps: adaptation steps at meta-train / meta-test ("in just one step").
-    alpha_init: alpha's entries start uniform in this range, the paper's setting for regression
-        (section 4.1); theta keeps the model's own initialisation.
-    meta_lr: Adam's step size for (theta, alpha), 0.001 as in MAML.
-    meta_batch_size: tasks per meta-update; 25 as in MAML's sinusoid protocol, so the two see the
-        same tasks per iteration in a harness grid.
     vmap_tasks: vectorise the meta-batch's tasks with vmap (the same numbers as a Python loop, faster).
     """
 
-    inner_steps: int = 1
-    test_steps: int = 1
-    alpha_init: tuple[float, float] = (0.005, 0.1)
-    meta_lr: float = 0.001
-    meta_batch_size: int = 25
     vmap_tasks: bool = True
-
-    def __post_init__(self) -> None:
-        check_ranges(self, at_least_one=("inner_steps", "meta_batch_size"), non_negative=("test_steps",),
-                     positive=("meta_lr",))
-        if len(self.alpha_init) != 2:
-            raise ValueError(f"alpha_init must be a range (low, high), got {self.alpha_init!r}")
-        low, high = self.alpha_init
-        if not 0 <= low <= high:
-            raise ValueError(
-                f"alpha_init must be a range (low, high) with 0 <= low <= high, got {self.alpha_init!r}"
-            )
 
 
 def _detached(params: Params) -> Params:

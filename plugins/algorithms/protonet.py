@@ -21,34 +21,21 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import vmap
 
-from harness import Algorithm, AlgorithmSpec, TaskBatch, TaskSuite, check_ranges, hookimpl, split_classifier
+from harness import Algorithm, AlgorithmSpec, TaskBatch, TaskSuite, hookimpl, split_classifier
+from metaharness_plugins import hparams as shared
 
-DISTANCES = ("euclidean", "cosine")
 
 
 @dataclass(frozen=True)
-class ProtoNetHparams:
-    """Defaults are the paper's Omniglot settings (section 3.1).
+class ProtoNetHparams(shared.ProtoNetHparams):
+    """ProtoNets's settings (`shared.ProtoNetHparams`) and the native task loop's switch.
 
-    meta_lr: Adam's step size, 1e-3 in the paper (which also halves it every 2000 episodes; the
-        harness's budgets are far shorter, so no schedule is applied).
-    meta_batch_size: episodes per Adam step; the paper trains on one episode at a time.
-    distance: "euclidean" (squared Euclidean, the paper's choice, section 2.3) or "cosine" (the logits
-        are cosine similarities; the paper reports it worse, section 3.1 and appendix).
     vmap_tasks: vectorise the episodes of a meta-batch with vmap rather than loop over them. Both give
         the same numbers; on CPU (one thread, Omniglot 5-way 1-shot 5-query, conv4, meta-batch 4) the
         loop was the faster (see the module's tests), so it is the default.
     """
 
-    meta_lr: float = 0.001
-    meta_batch_size: int = 1
-    distance: str = "euclidean"
     vmap_tasks: bool = False
-
-    def __post_init__(self) -> None:
-        check_ranges(self, at_least_one=("meta_batch_size",), positive=("meta_lr",))
-        if self.distance not in DISTANCES:
-            raise ValueError(f"distance must be one of {', '.join(DISTANCES)}, got {self.distance!r}")
 
 
 def prototypes(embeddings: torch.Tensor, labels: torch.Tensor, classes: int) -> torch.Tensor:

@@ -26,19 +26,15 @@ from metaharness_plugins.algorithms.anil import ANIL, ANILHparams
 from metaharness_plugins.algorithms.l2l import (
     L2LANIL,
     L2LMAML,
-    L2LANILHparams,
-    L2LFOMAMLHparams,
-    L2LMAMLHparams,
     L2LMetaSGD,
-    L2LMetaSGDHparams,
     L2LProtoNet,
-    L2LProtoNetHparams,
     MetaOptNet,
     MetaOptNetHparams,
 )
 from metaharness_plugins.algorithms.maml import MAML, FOMAMLHparams, MAMLHparams
 from metaharness_plugins.algorithms.metasgd import MetaSGD, MetaSGDHparams
 from metaharness_plugins.algorithms.protonet import ProtoNet, ProtoNetHparams
+from metaharness_plugins import hparams as shared
 from metaharness_plugins.backends.cpu import CPUBackend
 from metaharness_plugins.suites.sinusoid import SinusoidConfig, SinusoidSuite
 from tests.conftest import REPO, run_cli
@@ -49,11 +45,11 @@ if importlib.util.find_spec("learn2learn") is None:
 
 #: learn2learn algorithm -> (native class, native hparams, learn2learn class, learn2learn hparams).
 NATIVE: dict[str, tuple[type, type, type, type]] = {
-    "l2l-maml": (MAML, MAMLHparams, L2LMAML, L2LMAMLHparams),
-    "l2l-fomaml": (MAML, FOMAMLHparams, L2LMAML, L2LFOMAMLHparams),
-    "l2l-metasgd": (MetaSGD, MetaSGDHparams, L2LMetaSGD, L2LMetaSGDHparams),
-    "l2l-anil": (ANIL, ANILHparams, L2LANIL, L2LANILHparams),
-    "l2l-protonet": (ProtoNet, ProtoNetHparams, L2LProtoNet, L2LProtoNetHparams),
+    "l2l-maml": (MAML, MAMLHparams, L2LMAML, shared.MAMLHparams),
+    "l2l-fomaml": (MAML, FOMAMLHparams, L2LMAML, shared.FOMAMLHparams),
+    "l2l-metasgd": (MetaSGD, MetaSGDHparams, L2LMetaSGD, shared.MetaSGDHparams),
+    "l2l-anil": (ANIL, ANILHparams, L2LANIL, shared.ANILHparams),
+    "l2l-protonet": (ProtoNet, ProtoNetHparams, L2LProtoNet, shared.ProtoNetHparams),
 }
 
 
@@ -182,7 +178,7 @@ def test_protonet_refuses_a_support_set_missing_a_class() -> None:
         SUPPORT_LABELS = (0, 1, 1, 0, 1, 0)
 
     suite = MissingClass(None)
-    algo = L2LProtoNet(L2LProtoNetHparams(), suite.build_model(), suite, CPUBackend())
+    algo = L2LProtoNet(shared.ProtoNetHparams(), suite.build_model(), suite, CPUBackend())
     batch = suite.sample(1, torch.Generator().manual_seed(0), "train")
     message = "every class 0..2 in each support set; got labels [0, 1]"
     with pytest.raises(ValueError, match=re.escape(message)):
@@ -196,7 +192,7 @@ def test_training_is_deterministic_given_the_seed(name: str) -> None:
     runs = []
     for _ in range(2):
         torch.manual_seed(3)
-        algo = (L2LMAML(L2LMAMLHparams(inner_lr=0.5, meta_lr=0.01), suite.build_model(), suite, CPUBackend())
+        algo = (L2LMAML(shared.MAMLHparams(inner_lr=0.5, meta_lr=0.01), suite.build_model(), suite, CPUBackend())
                 if name == "l2l-maml" else _metaoptnet(suite, meta_lr=0.01))
         runs.append(([algo.meta_train_step(batch) for _ in range(4)], algo.state_dict()))
     assert runs[0][0] == runs[1][0]
@@ -369,12 +365,12 @@ def omniglot() -> Any:
 #: metaoptnet 0.43-0.47 -> 0.69-0.73 (230-390 ms). Timings vary with the load of the shared machine.
 _FAST = {"meta_batch_size": 4, "meta_lr": 0.003}
 LEARNING: dict[str, tuple[type, Any, int, float]] = {
-    "l2l-maml": (L2LMAML, L2LMAMLHparams(inner_lr=0.4, test_steps=1, **_FAST), 30, 0.3),
-    "l2l-fomaml": (L2LMAML, L2LFOMAMLHparams(inner_lr=0.4, test_steps=1, **_FAST), 60, 0.3),
+    "l2l-maml": (L2LMAML, shared.MAMLHparams(inner_lr=0.4, test_steps=1, **_FAST), 30, 0.3),
+    "l2l-fomaml": (L2LMAML, shared.FOMAMLHparams(inner_lr=0.4, test_steps=1, **_FAST), 60, 0.3),
     # Meta-SGD's regression range for alpha (0.005-0.1) is far below MAML's Omniglot step of 0.4.
-    "l2l-metasgd": (L2LMetaSGD, L2LMetaSGDHparams(alpha_init=(0.3, 0.5), **_FAST), 30, 0.3),
-    "l2l-anil": (L2LANIL, L2LANILHparams(**_FAST), 40, 0.36),
-    "l2l-protonet": (L2LProtoNet, L2LProtoNetHparams(), 60, 0.55),
+    "l2l-metasgd": (L2LMetaSGD, shared.MetaSGDHparams(alpha_init=(0.3, 0.5), **_FAST), 30, 0.3),
+    "l2l-anil": (L2LANIL, shared.ANILHparams(**_FAST), 40, 0.36),
+    "l2l-protonet": (L2LProtoNet, shared.ProtoNetHparams(), 60, 0.55),
     "metaoptnet": (MetaOptNet, MetaOptNetHparams(**_FAST), 30, 0.6),
 }
 
