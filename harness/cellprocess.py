@@ -64,10 +64,11 @@ def describe_exit(returncode: int | None) -> str:
 
 
 def preload_modules() -> list[str]:
-    """What the fork server imports once: torch, the harness, the builtin plugins (not `-p` files)."""
-    from harness.registry import BUILTIN_PLUGINS
+    """What the fork server imports once: torch, the harness, the core and bundled plugins (not `-p` files)."""
+    from harness.registry import BUILTIN_PLUGINS, bundled_modules
 
-    return ["torch", "torch._inductor", *dict.fromkeys(["harness.runner", "harness.cellprocess", *BUILTIN_PLUGINS])]
+    modules = ["harness.runner", "harness.cellprocess", *BUILTIN_PLUGINS, *bundled_modules()]
+    return ["torch", "torch._inductor", *dict.fromkeys(modules)]
 
 
 def _mp_context() -> Any:

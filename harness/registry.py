@@ -20,28 +20,11 @@ from harness import hookspecs
 from harness.errors import PluginError, UsageError, unknown_name
 from harness.specs import AlgorithmSpec, BackendSpec, TaskSuiteSpec
 
-#: Plugins that ship with the harness, in load order. They are written exactly like third-party ones.
-BUILTIN_PLUGINS: tuple[str, ...] = (
-    "harness.runner",
-    "harness.grids",
-    "metaharness_plugins.backends.cpu",
-    "metaharness_plugins.backends.cuda",
-    "metaharness_plugins.backends.mps",
-    "metaharness_plugins.suites.sinusoid",
-    "metaharness_plugins.suites.omniglot",
-    "metaharness_plugins.suites.glyphs",
-    "metaharness_plugins.suites.omniglot_runs",
-    "metaharness_plugins.suites.fewshot_images",
-    "metaharness_plugins.algorithms.maml",
-    "metaharness_plugins.algorithms.metasgd",
-    "metaharness_plugins.algorithms.reptile",
-    "metaharness_plugins.algorithms.pretrain",
-    "metaharness_plugins.algorithms.anil",
-    "metaharness_plugins.algorithms.protonet",
-    "metaharness_plugins.algorithms.matchingnet",
-    "metaharness_plugins.algorithms.l2l",
-)
-
+#: The core's own plugins (runner wrappers, bundled grids), loaded first.
+BUILTIN_PLUGINS: tuple[str, ...] = ("harness.runner", "harness.grids")
+#: The distribution the harness ships in: its `harness.plugins` entry points are the bundled plugins,
+#: registered exactly as a third-party package registers its own, and loaded right after the core.
+DISTRIBUTION = "metaharness"
 ENTRY_POINT_GROUP = "harness.plugins"
 #: Import names whose pip distribution is called otherwise, for install hints.
 PIP_NAMES = {"PIL": "pillow", "cv2": "opencv-python", "sklearn": "scikit-learn", "yaml": "pyyaml"}
@@ -117,12 +100,14 @@ class HarnessPluginManager(pluggy.PluginManager):
                 wanted.append(value)
         for module in BUILTIN_PLUGINS:
             self._load(module, "builtin", fail_soft=False)
+        bundled, others = plugin_entry_points()
+        self._load_entry_points(bundled, "bundled")
         for value in wanted:
             self._load(value, "-p", fail_soft=False)
         if entry_points is None:
             entry_points = os.environ.get(DISABLE_AUTOLOAD_ENV, "") in ("", "0")
         if entry_points:
-            self._load_entry_points()
+            self._load_entry_points(others, "entry point")
         if env_plugins:
             for value in filter(None, (v.strip() for v in os.environ.get(PLUGINS_ENV, "").split(","))):
                 self._load(value, PLUGINS_ENV, fail_soft=True)
@@ -184,12 +169,12 @@ class HarnessPluginManager(pluggy.PluginManager):
         known = self.infos[name].target
         return (known.endswith(".py") or "/" in known) and Path(known).resolve() == Path(target).resolve()
 
-    def _load_entry_points(self) -> None:
-        for ep in sorted(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
+    def _load_entry_points(self, entry_points: Sequence[importlib.metadata.EntryPoint], origin: str) -> None:
+        for ep in entry_points:
             dist = getattr(ep, "dist", None)
             version = f"{dist.name} {dist.version}" if dist is not None else ""
             if ep.name in self.blocked or self.is_blocked(ep.name):
-                self._note(PluginInfo(ep.name, "entry point", ep.value, status="blocked", version=version))
+                self._note(PluginInfo(ep.name, origin, ep.value, status="blocked", version=version))
                 continue
             if self.has_plugin(ep.name):
                 continue
@@ -198,16 +183,16 @@ class HarnessPluginManager(pluggy.PluginManager):
                 plugin = ep.load()
             except Exception as exc:
                 self._note(
-                    PluginInfo(ep.name, "entry point", ep.value, status="failed",
+                    PluginInfo(ep.name, origin, ep.value, status="failed",
                                error=f"{type(exc).__name__}: {exc}", version=version)
                 )
                 continue
             try:
                 self.register(plugin, name=ep.name)
             except pluggy.PluginValidationError as exc:
-                self._note(PluginInfo(ep.name, "entry point", ep.value, status="failed", error=str(exc), version=version))
+                self._note(PluginInfo(ep.name, origin, ep.value, status="failed", error=str(exc), version=version))
                 continue
-            self._note(PluginInfo(ep.name, "entry point", ep.value, version=version))
+            self._note(PluginInfo(ep.name, origin, ep.value, version=version))
 
     def check_pending(self) -> None:
         """Fail loudly on a hookimpl that matches no hookspec (a misspelt `harness_*` name)."""
@@ -288,6 +273,21 @@ class HarnessPluginManager(pluggy.PluginManager):
 
     def grid_path(self, name: str) -> Path:
         return Path(_lookup(self.grids, "grid", name).spec)
+
+
+def plugin_entry_points() -> tuple[list[importlib.metadata.EntryPoint], list[importlib.metadata.EntryPoint]]:
+    """(the harness distribution's own `harness.plugins` entry points, every other package's), each sorted
+    by name. A bundled plugin that fails to load is listed as failed, like any other entry point."""
+    bundled, others = [], []
+    for ep in sorted(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
+        dist = getattr(ep, "dist", None)
+        (bundled if dist is not None and dist.name == DISTRIBUTION else others).append(ep)
+    return bundled, others
+
+
+def bundled_modules() -> list[str]:
+    """Module names of the bundled plugins (for processes that import them ahead of time)."""
+    return [ep.value.split(":", 1)[0] for ep in plugin_entry_points()[0]]
 
 
 def _lookup(table: dict[str, Registered], kind: str, name: str, extra: Iterable[str] = ()) -> Registered:

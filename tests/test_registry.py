@@ -7,7 +7,7 @@ import textwrap
 import pytest
 
 from harness.errors import PluginError, UsageError
-from harness.registry import BUILTIN_PLUGINS, build_plugin_manager
+from harness.registry import BUILTIN_PLUGINS, bundled_modules, build_plugin_manager
 from tests.conftest import FAULTY
 
 
@@ -17,6 +17,8 @@ def test_builtin_plugins_register_everything_the_foundation_promises(registry):
     assert {"cpu", "cuda", "mps"} <= set(registry.backends)
     assert {"smoke", "default", "full"} <= set(registry.grids)
     assert all(registry.infos[name.rsplit(".", 1)[-1]].origin == "builtin" for name in BUILTIN_PLUGINS)
+    bundled = {name for name, info in registry.infos.items() if info.origin == "bundled"}
+    assert {"maml", "sinusoid", "omniglot", "cpu", "l2l"} <= bundled
     assert registry.algorithms["fomaml"].plugin == "maml"
 
 
@@ -148,3 +150,15 @@ def test_addoption_and_configure_hooks_reach_a_plugin(tmp_path):
     out = run_cli("run", "-p", str(plugin), "--my-flag", "on", "--dry-run", "--grid", "smoke", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     assert json.loads((tmp_path / "configured.json").read_text()) == {"flag": "on"}
+
+
+def test_bundled_plugins_are_the_distributions_entry_points_and_load_without_autoload(monkeypatch):
+    """The bundled plugins register as a third-party package does, through pyproject's entry points; the
+    autoload switch, meant for other packages' plugins, leaves them loaded."""
+    monkeypatch.setenv("HARNESS_DISABLE_PLUGIN_AUTOLOAD", "1")
+    registry = build_plugin_manager()
+    modules = bundled_modules()
+    assert "metaharness_plugins.algorithms.maml" in modules and "metaharness_plugins.suites.omniglot" in modules
+    assert {registry.infos[m.rsplit(".", 1)[-1]].origin for m in modules} == {"bundled"}
+    assert all(registry.infos[m.rsplit(".", 1)[-1]].status == "loaded" for m in modules)
+    assert "metaharness_plugins.fewshot" not in " ".join(modules)  # helper modules are not plugins
