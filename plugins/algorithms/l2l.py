@@ -7,7 +7,7 @@ Maji, Ravichandran & Soatto (2019), "Meta-Learning with Differentiable Convex Op
 learn2learn's classes (`learn2learn.algorithms.MAML` / `MetaSGD` with `clone()` and `adapt()`,
 `learn2learn.nn.PrototypicalClassifier`), used as learn2learn's examples use them: a Python loop over
 the tasks of a meta-batch, each task's query loss back-propagated as soon as it is computed, Adam as
-the outer optimiser. Their hyper-parameters have exactly the names, meanings and defaults of the
+the outer optimiser (that outer loop is `harness.functional.TaskLoopAlgorithm`). Their hyper-parameters have exactly the names, meanings and defaults of the
 native `maml`, `fomaml`, `metasgd`, `anil` and `protonet` (less the native `vmap_tasks`, a switch of
 the native implementation that learn2learn's module cloning has no counterpart for), so one grid
 sweeps both alike and a leaderboard compares the two implementations on identical episodes.
@@ -22,19 +22,22 @@ package marks these algorithms unavailable with an install hint rather than brea
 
 from __future__ import annotations
 
-import abc
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call
 
-from harness import Algorithm, AlgorithmSpec, TaskBatch, TaskSuite, check_ranges, hookimpl, split_classifier
+from harness import AlgorithmSpec, TaskSuite, check_ranges, hookimpl, split_classifier
+from harness.functional import Params, TaskLoopAlgorithm, detached
 from metaharness_plugins._learn2learn import import_learn2learn
-from metaharness_plugins.hparams import ANILHparams, FOMAMLHparams, MAMLHparams, MetaSGDHparams, ProtoNetHparams
-
-Params = dict[str, Tensor]
+from metaharness_plugins.hparams import (
+    ANILHparams,
+    FOMAMLHparams,
+    MAMLHparams,
+    MetaSGDHparams,
+    ProtoNetHparams,
+)
 
 ALPHA_PREFIX = "alpha."  # names of Meta-SGD's learned learning rates, as the native metasgd names them
 
@@ -64,62 +67,14 @@ class MetaOptNetHparams:
         check_ranges(self, at_least_one=("max_iters", "meta_batch_size"), positive=("C_reg", "meta_lr"))
 
 
-# --- the shared outer loop ------------------------------------------------------------------------
-
-
-class _TaskLoop(Algorithm):
-    """Meta-training as learn2learn's examples write it: for each task of the meta-batch, compute its
-    query loss and back-propagate loss / n at once (so one task's graph is alive at a time), then one
-    Adam step on the accumulated gradient, the mean over tasks as for the native algorithms."""
-
-    def _make_optimizer(self) -> None:
-        self.optimizer = torch.optim.Adam(self.meta_parameters().values(), lr=self.hparams.meta_lr)
-
-    @abc.abstractmethod
-    def task_loss(self, sx: Tensor, sy: Tensor, qx: Tensor, qy: Tensor) -> Tensor:
-        """One task's query loss after adapting to its support set (differentiable)."""
-
-    def _accumulate(self, batch: TaskBatch) -> float:
-        total = torch.zeros((), device=batch.support_x.device)
-        n = batch.num_tasks
-        for i in range(n):
-            loss = self.task_loss(batch.support_x[i], batch.support_y[i], batch.query_x[i], batch.query_y[i])
-            (loss / n).backward()
-            total = total + loss.detach()
-        return float(total) / n
-
-    def meta_gradient(self, batch: TaskBatch) -> tuple[float, Params]:
-        """(meta-loss, d meta-loss / d meta-parameters) on `batch`, without an optimiser step."""
-        params = self.meta_parameters()
-        self.optimizer.zero_grad(set_to_none=True)
-        loss = self._accumulate(batch)
-        grads = {name: p.grad if p.grad is not None else torch.zeros_like(p) for name, p in params.items()}
-        self.optimizer.zero_grad(set_to_none=True)
-        return loss, grads
-
-    def meta_train_step(self, batch: TaskBatch) -> float:
-        self.optimizer.zero_grad(set_to_none=True)
-        loss = self._accumulate(batch)
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        return loss
-
-
-def _snapshot(module: nn.Module) -> Params:
-    """A detached parameter dict of a learn2learn learner's module (its updated tensors, by name)."""
-    return {name: tensor.detach() for name, tensor in module.named_parameters()}
-
-
-class L2LMAML(_TaskLoop):
+class L2LMAML(TaskLoopAlgorithm):
     """MAML / first-order MAML with `learn2learn.algorithms.MAML`: per task `clone()`, `adapt()` on the
     support loss `inner_steps` times, query loss. States are parameter dicts, named as in the model."""
 
     def __init__(self, hparams: MAMLHparams, model: nn.Module, suite: TaskSuite, backend: Any) -> None:
         super().__init__(hparams, model, suite, backend)
         l2l = import_learn2learn()
-        self.model = model.to(self.device)
         self.learner = l2l.algorithms.MAML(self.model, lr=hparams.inner_lr, first_order=hparams.first_order)
-        self._make_optimizer()
 
     def task_loss(self, sx: Tensor, sy: Tensor, qx: Tensor, qy: Tensor) -> Tensor:
         learner = self.learner.clone()
@@ -132,34 +87,26 @@ class L2LMAML(_TaskLoop):
         gradients are enabled inside, so it works under the caller's `torch.no_grad()`."""
         with torch.enable_grad():
             learner = self.learner.clone(first_order=True)
-            states = [_snapshot(learner.module)]
+            states = [detached(dict(learner.module.named_parameters()))]
             for _ in range(steps):
                 learner.adapt(self.suite.loss(learner(support_x), support_y))
-                states.append(_snapshot(learner.module))
+                states.append(detached(dict(learner.module.named_parameters())))
         return states
 
-    def predict(self, state: Params, x: Tensor) -> Tensor:
-        return functional_call(self.model, state, (x,))
 
-    def meta_parameters(self) -> Params:
-        return dict(self.model.named_parameters())
-
-
-class L2LMetaSGD(_TaskLoop):
+class L2LMetaSGD(TaskLoopAlgorithm):
     """Meta-SGD with `learn2learn.algorithms.MetaSGD`, its learning rates drawn as the native one draws
     them; meta-parameters are the weights and `alpha.<name>` (learn2learn's `lrs`)."""
 
     def __init__(self, hparams: MetaSGDHparams, model: nn.Module, suite: TaskSuite, backend: Any) -> None:
         super().__init__(hparams, model, suite, backend)
         l2l = import_learn2learn()
-        self.model = model.to(self.device)
         low, high = hparams.alpha_init
         lrs = nn.ParameterList(
             nn.Parameter(low + (high - low) * torch.rand(p.shape, dtype=p.dtype).to(self.device))
             for p in self.model.parameters()
         )
         self.learner = l2l.algorithms.MetaSGD(self.model, lrs=lrs)
-        self._make_optimizer()
 
     def task_loss(self, sx: Tensor, sy: Tensor, qx: Tensor, qy: Tensor) -> Tensor:
         learner = self.learner.clone()
@@ -171,14 +118,11 @@ class L2LMetaSGD(_TaskLoop):
         """Parameters after 0..steps learned-rate steps (first order: nothing is differentiated later)."""
         with torch.enable_grad():
             learner = self.learner.clone()
-            states = [_snapshot(learner.module)]
+            states = [detached(dict(learner.module.named_parameters()))]
             for _ in range(steps):
                 learner.adapt(self.suite.loss(learner(support_x), support_y), first_order=True)
-                states.append(_snapshot(learner.module))
+                states.append(detached(dict(learner.module.named_parameters())))
         return states
-
-    def predict(self, state: Params, x: Tensor) -> Tensor:
-        return functional_call(self.model, state, (x,))
 
     def meta_parameters(self) -> Params:
         names = [name for name, _ in self.model.named_parameters()]
@@ -186,18 +130,16 @@ class L2LMetaSGD(_TaskLoop):
                 **{ALPHA_PREFIX + name: lr for name, lr in zip(names, self.learner.lrs)}}
 
 
-class L2LANIL(_TaskLoop):
+class L2LANIL(TaskLoopAlgorithm):
     """ANIL as learn2learn's examples build it: `MAML` wrapped around the final Linear head only, the
     body trained by the outer loop; support and query features are computed once per task."""
 
     def __init__(self, hparams: ANILHparams, model: nn.Module, suite: TaskSuite, backend: Any) -> None:
+        self.body, head = split_classifier(model, "l2l-anil", "head (the only layer its inner loop adapts)")
         super().__init__(hparams, model, suite, backend)
         l2l = import_learn2learn()
-        self.body, head = split_classifier(model, "l2l-anil", "head (the only layer its inner loop adapts)")
-        self.model = model.to(self.device)
         self.head_prefix = f"{len(model) - 1}."
         self.head = l2l.algorithms.MAML(head, lr=hparams.inner_lr, first_order=hparams.first_order)
-        self._make_optimizer()
 
     def task_loss(self, sx: Tensor, sy: Tensor, qx: Tensor, qy: Tensor) -> Tensor:
         support, query = self.body(sx), self.body(qx)
@@ -218,29 +160,21 @@ class L2LANIL(_TaskLoop):
             for step in range(steps + 1):
                 if step:
                     learner.adapt(self.suite.loss(learner(features), support_y))
-                head = _snapshot(learner.module)
+                head = detached(dict(learner.module.named_parameters()))
                 states.append({**body, **{self.head_prefix + name: t for name, t in head.items()}})
         return states
 
-    def predict(self, state: Params, x: Tensor) -> Tensor:
-        return functional_call(self.model, state, (x,))
 
-    def meta_parameters(self) -> Params:
-        return dict(self.model.named_parameters())
-
-
-class L2LProtoNet(_TaskLoop):
+class L2LProtoNet(TaskLoopAlgorithm):
     """Prototypical Networks with `learn2learn.nn.PrototypicalClassifier` on the suite's embedding (the
     model less its last Linear). A state is the classifier fitted on one task's support embeddings."""
 
     def __init__(self, hparams: ProtoNetHparams, model: nn.Module, suite: TaskSuite, backend: Any) -> None:
-        super().__init__(hparams, model, suite, backend)
-        self.classifier_type = import_learn2learn().nn.PrototypicalClassifier
         embedding, head = split_classifier(model, "l2l-protonet")
+        super().__init__(hparams, embedding, suite, backend)
+        self.classifier_type = import_learn2learn().nn.PrototypicalClassifier
         self.classes = head.out_features
-        self.embedding = embedding.to(self.device)
-        self.model = self.embedding
-        self._make_optimizer()
+        self.embedding = self.model
 
     def _fit(self, support_x: Tensor, support_y: Tensor) -> nn.Module:
         # learn2learn orders the prototypes by torch.unique(labels): logit k is class k only when every
@@ -265,29 +199,24 @@ class L2LProtoNet(_TaskLoop):
     def predict(self, state: nn.Module, x: Tensor) -> Tensor:
         return state(self.embedding(x))
 
-    def meta_parameters(self) -> Params:
-        return dict(self.embedding.named_parameters())
 
-
-class MetaOptNet(_TaskLoop):
+class MetaOptNet(TaskLoopAlgorithm):
     """MetaOptNet-SVM: learn2learn's `SVClassifier` (qpth QP) fitted per task on the suite's embedding
     (the model less its last Linear), the query loss back-propagated through the QP's solution into
     the embedding. A state is the classifier fitted on one task's support embeddings."""
 
     def __init__(self, hparams: MetaOptNetHparams, model: nn.Module, suite: TaskSuite, backend: Any) -> None:
-        super().__init__(hparams, model, suite, backend)
-        self.classifier_type = import_learn2learn().nn.SVClassifier
         embedding, head = split_classifier(model, "metaoptnet")
+        super().__init__(hparams, embedding, suite, backend)
+        self.classifier_type = import_learn2learn().nn.SVClassifier
         dtype = head.weight.dtype
         if dtype != torch.float32:
             # learn2learn builds the QP's constant matrices in float32, and qpth needs one dtype.
             raise TypeError(f"metaoptnet needs a float32 model (learn2learn's SVClassifier builds its QP in "
                             f"float32); the suite's model is {dtype}")
         self.classes = head.out_features
-        self.embedding = embedding.to(self.device)
-        self.model = self.embedding
+        self.embedding = self.model
         self.scale = nn.Parameter(torch.ones((), device=self.device)) if hparams.learn_scale else None
-        self._make_optimizer()
 
     def _fit(self, support_x: Tensor, support_y: Tensor) -> nn.Module:
         return self.classifier_type(support=self.embedding(support_x), labels=support_y, ways=self.classes,

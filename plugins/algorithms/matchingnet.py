@@ -22,9 +22,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.func import vmap
 
-from harness import Algorithm, AlgorithmSpec, TaskBatch, TaskSuite, check_ranges, hookimpl, split_classifier
+from harness import AlgorithmSpec, TaskSuite, check_ranges, hookimpl, split_classifier
+from harness.functional import GradientAlgorithm
 
 
 @dataclass(frozen=True)
@@ -110,24 +110,23 @@ class FullContextEmbedding(nn.Module):
         return h
 
 
-class MatchingNet(Algorithm):
+class MatchingNet(GradientAlgorithm):
     """Matching Networks on a classification suite whose model ends in a Linear classifier.
 
     The meta-parameters are the embedding's (and, with `fce`, the LSTMs'); a state is the encoded
-    support set `{"support": g(S), "labels": y}`.
+    support set `{"support": g(S), "labels": y}`. Meta-training (`harness.functional.GradientAlgorithm`):
+    Adam on the mean query loss over the batch's episodes, looped or vmapped.
     """
 
     def __init__(self, hparams: MatchingNetHparams, model: nn.Module, suite: TaskSuite, backend: Any) -> None:
-        super().__init__(hparams, model, suite, backend)
         embedding, head = split_classifier(model, "matchingnet")
-        self.classes = head.out_features
-        self.net = nn.ModuleDict({"embedding": embedding})
+        net = nn.ModuleDict({"embedding": embedding})
         if hparams.fce:
             # In the model's dtype (float64 models get float64 LSTMs).
-            self.net["fce"] = FullContextEmbedding(head.in_features, hparams.fce_steps).to(head.weight.dtype)
-        self.net.to(self.device)
-        self.model = self.net
-        self.optimizer = torch.optim.Adam(self.net.parameters(), lr=hparams.meta_lr)
+            net["fce"] = FullContextEmbedding(head.in_features, hparams.fce_steps).to(head.weight.dtype)
+        super().__init__(hparams, net, suite, backend)
+        self.classes = head.out_features
+        self.net = self.model
 
     def _encode_support(self, x: torch.Tensor) -> torch.Tensor:
         g = self.net["embedding"](x)
@@ -139,24 +138,10 @@ class MatchingNet(Algorithm):
             f = self.net["fce"].query(f, support)
         return cosine_attention(f, support, labels, self.classes)
 
-    def _task_loss(self, sx: Tensor, sy: Tensor, qx: Tensor, qy: Tensor) -> Tensor:
+    def task_loss(self, sx: Tensor, sy: Tensor, qx: Tensor, qy: Tensor) -> Tensor:
         # The suite's cross-entropy applies log_softmax, which leaves normalised log-probabilities
         # unchanged: it is the paper's negative log-likelihood.
         return self.suite.loss(self._log_probs(self._encode_support(sx), sy, qx), qy)
-
-    def meta_loss(self, batch: TaskBatch) -> torch.Tensor:
-        """Mean query loss over the batch's episodes (differentiable w.r.t. the meta-parameters)."""
-        tensors = (batch.support_x, batch.support_y, batch.query_x, batch.query_y)
-        if self.hparams.vmap_tasks:
-            return vmap(self._task_loss)(*tensors).mean()
-        return torch.stack([self._task_loss(*(t[i] for t in tensors)) for i in range(batch.num_tasks)]).mean()
-
-    def meta_train_step(self, batch: TaskBatch) -> float:
-        loss = self.meta_loss(batch)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
-        return float(loss.detach())
 
     def adapt(self, support_x: Tensor, support_y: Tensor, steps: int) -> list[dict[str, Tensor]]:
         """The encoded support set, repeated steps+1 times: matching has no inner steps to take."""
@@ -167,9 +152,6 @@ class MatchingNet(Algorithm):
     def predict(self, state: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
         """Log-probabilities [n, ways] (argmax is the predicted class)."""
         return self._log_probs(state["support"], state["labels"], x)
-
-    def meta_parameters(self) -> dict[str, torch.Tensor]:
-        return dict(self.net.named_parameters())
 
 
 @hookimpl

@@ -11,17 +11,12 @@ it learns roughly the mean function of the tasks, and a few gradient steps move 
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import torch
-from torch import nn
-from torch.func import functional_call, grad
 
-from harness import Algorithm, AlgorithmSpec, TaskBatch, TaskSuite, check_ranges, hookimpl
-
-Params = dict[str, torch.Tensor]
+from harness import AlgorithmSpec, TaskBatch, check_ranges, hookimpl
+from harness.functional import GradientAlgorithm, Params, inner_loop, snapshot
 
 
 @dataclass(frozen=True)
@@ -42,44 +37,22 @@ class PretrainHparams:
                      positive=("lr", "inner_lr"))
 
 
-class Pretrain(Algorithm):
+class Pretrain(GradientAlgorithm):
     """Train one model on every task's points; fine-tune it with SGD on each test task."""
 
-    def __init__(self, hparams: PretrainHparams, model: nn.Module, suite: TaskSuite, backend: Any) -> None:
-        super().__init__(hparams, model, suite, backend)
-        self.model = model.to(self.device)
-        self.params: Params = dict(self.model.named_parameters())
-        self.optimizer = torch.optim.Adam(self.params.values(), lr=hparams.lr)
-        self._grad: Callable[..., Params] = grad(self._loss)
+    def make_optimizer(self) -> torch.optim.Optimizer:
+        return torch.optim.Adam(self.params.values(), lr=self.hparams.lr)
 
-    def _loss(self, params: Params, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return self.suite.loss(functional_call(self.model, params, (x,)), y)
-
-    def meta_train_step(self, batch: TaskBatch) -> float:
-        """One Adam step on the pooled support and query points of all tasks; returns that loss."""
+    def meta_loss(self, batch: TaskBatch) -> torch.Tensor:
+        """The loss on the pooled support and query points of all tasks (what one Adam step lowers)."""
         x = torch.cat([batch.support_x, batch.query_x], dim=1).flatten(0, 1)
         y = torch.cat([batch.support_y, batch.query_y], dim=1).flatten(0, 1)
-        loss = self._loss(self.params, x, y)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
-        return float(loss.detach())
+        return self.loss(self.params, x, y)
 
     def adapt(self, support_x: torch.Tensor, support_y: torch.Tensor, steps: int) -> list[Params]:
         """States after 0..steps SGD fine-tuning steps on one task's support set (detached)."""
-        params = {name: p.detach().clone() for name, p in self.params.items()}
-        states = [params]
-        for _ in range(steps):
-            grads = self._grad(params, support_x, support_y)
-            params = {name: (p - self.hparams.inner_lr * grads[name]).detach() for name, p in params.items()}
-            states.append(params)
-        return states
-
-    def predict(self, state: Params, x: torch.Tensor) -> torch.Tensor:
-        return functional_call(self.model, state, (x,))
-
-    def meta_parameters(self) -> Params:
-        return dict(self.params)
+        return inner_loop(self.loss, snapshot(self.params), support_x, support_y, steps, self.hparams.inner_lr,
+                          first_order=True)
 
 
 @hookimpl

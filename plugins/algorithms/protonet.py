@@ -19,11 +19,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.func import vmap
 
-from harness import Algorithm, AlgorithmSpec, TaskBatch, TaskSuite, hookimpl, split_classifier
+from harness import AlgorithmSpec, TaskSuite, hookimpl, split_classifier
+from harness.functional import GradientAlgorithm
 from metaharness_plugins import hparams as shared
-
 
 
 @dataclass(frozen=True)
@@ -53,43 +52,28 @@ def proto_logits(queries: torch.Tensor, protos: torch.Tensor, distance: str) -> 
     return -sq
 
 
-class ProtoNet(Algorithm):
+class ProtoNet(GradientAlgorithm):
     """Prototypical Networks on a classification suite whose model ends in a Linear classifier.
 
     The meta-parameters are the embedding's parameters (the classifier is dropped); a state is
-    `{"prototypes": [ways, dim]}`.
+    `{"prototypes": [ways, dim]}`. Meta-training (`harness.functional.GradientAlgorithm`): Adam on the
+    mean query loss over the batch's episodes, looped or vmapped.
     """
 
     def __init__(self, hparams: ProtoNetHparams, model: nn.Module, suite: TaskSuite, backend: Any) -> None:
-        super().__init__(hparams, model, suite, backend)
         embedding, head = split_classifier(model, "protonet")
+        super().__init__(hparams, embedding, suite, backend)
         self.classes = head.out_features
-        self.embedding = embedding.to(self.device)
-        self.model = self.embedding
-        self.optimizer = torch.optim.Adam(self.embedding.parameters(), lr=hparams.meta_lr)
+        self.embedding = self.model
 
     def _logits(self, protos: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         return proto_logits(self.embedding(x), protos, self.hparams.distance)
 
-    def _task_loss(self, sx: Tensor, sy: Tensor, qx: Tensor, qy: Tensor) -> Tensor:
+    def task_loss(self, sx: Tensor, sy: Tensor, qx: Tensor, qy: Tensor) -> Tensor:
         # Support and query are embedded separately, as at test time (`adapt`, then `predict`), so
         # batch norm's batch statistics are computed the same way in training and testing.
         protos = prototypes(self.embedding(sx), sy, self.classes)
         return self.suite.loss(self._logits(protos, qx), qy)
-
-    def meta_loss(self, batch: TaskBatch) -> torch.Tensor:
-        """Mean query loss over the batch's episodes (differentiable w.r.t. the embedding)."""
-        tensors = (batch.support_x, batch.support_y, batch.query_x, batch.query_y)
-        if self.hparams.vmap_tasks:
-            return vmap(self._task_loss)(*tensors).mean()
-        return torch.stack([self._task_loss(*(t[i] for t in tensors)) for i in range(batch.num_tasks)]).mean()
-
-    def meta_train_step(self, batch: TaskBatch) -> float:
-        loss = self.meta_loss(batch)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
-        return float(loss.detach())
 
     def adapt(self, support_x: Tensor, support_y: Tensor, steps: int) -> list[dict[str, Tensor]]:
         """[{"prototypes": ...}] repeated steps+1 times: prototypes have no inner steps to take."""
@@ -99,9 +83,6 @@ class ProtoNet(Algorithm):
 
     def predict(self, state: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
         return self._logits(state["prototypes"], x)
-
-    def meta_parameters(self) -> dict[str, torch.Tensor]:
-        return dict(self.embedding.named_parameters())
 
 
 @hookimpl

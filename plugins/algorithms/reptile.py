@@ -17,23 +17,19 @@ with the paper's OpenAI blog post):
 - At meta-train each task's support and query points together are the task's data, trained on
   full-batch; at meta-test `adapt` sees only the support set.
 
-Parameters are dicts of tensors evaluated with `torch.func.functional_call`, gradients come from
-`torch.func.grad`, and the tasks of a meta-batch are vectorised with `torch.func.vmap`.
+Written on `harness.functional`: parameters are dicts of tensors evaluated with
+`torch.func.functional_call`, gradients come from `torch.func.grad`, and the tasks of a meta-batch are
+vectorised with `torch.func.vmap` or looped over.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import torch
-from torch import nn
-from torch.func import functional_call, grad, vmap
 
-from harness import Algorithm, AlgorithmSpec, TaskBatch, TaskSuite, check_ranges, hookimpl
-
-Params = dict[str, torch.Tensor]
+from harness import AlgorithmSpec, TaskBatch, check_ranges, hookimpl
+from harness.functional import GradientAlgorithm, Params, detached, inner_loop, over_tasks, snapshot
 
 
 @dataclass(frozen=True)
@@ -64,72 +60,40 @@ class ReptileHparams:
             raise ValueError(f"outer_lr must be in (0, 1] (an interpolation step), got {self.outer_lr!r}")
 
 
-def _detached(params: Params) -> Params:
-    return {name: tensor.detach() for name, tensor in params.items()}
+class Reptile(GradientAlgorithm):
+    """Reptile: move the initialisation towards the weights SGD reaches on each task.
 
-
-class Reptile(Algorithm):
-    """Reptile: move the initialisation towards the weights SGD reaches on each task."""
-
-    def __init__(self, hparams: ReptileHparams, model: nn.Module, suite: TaskSuite, backend: Any) -> None:
-        super().__init__(hparams, model, suite, backend)
-        self.model = model.to(self.device)
-        self.params: Params = dict(self.model.named_parameters())
-        self._grad: Callable[..., Params] = grad(self._loss)
-
-    def _loss(self, params: Params, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return self.suite.loss(functional_call(self.model, params, (x,)), y)
-
-    def _inner_loop(self, params: Params, x: torch.Tensor, y: torch.Tensor, steps: int) -> list[Params]:
-        """States after 0..steps SGD steps of size inner_lr on (x, y); nothing is differentiated through."""
-        states = [params]
-        for _ in range(steps):
-            grads = self._grad(params, x, y)
-            params = {name: p - self.hparams.inner_lr * grads[name].detach() for name, p in params.items()}
-            states.append(params)
-        return states
+    No meta-gradient and no optimiser: `meta_train_step` interpolates the parameters in place.
+    """
 
     def _task_update(
-        self, params: Params, x: torch.Tensor, y: torch.Tensor, qx: torch.Tensor, qy: torch.Tensor
+        self, x: torch.Tensor, y: torch.Tensor, qx: torch.Tensor, qy: torch.Tensor
     ) -> tuple[Params, torch.Tensor]:
-        """One task's adapted weights W_i and the query loss they reach."""
-        adapted = self._inner_loop(params, x, y, self.hparams.inner_steps)[-1]
-        return adapted, self._loss(adapted, qx, qy)
+        """One task's adapted weights W_i (SGD from phi, nothing differentiated) and their query loss."""
+        adapted = inner_loop(self.loss, detached(self.params), x, y, self.hparams.inner_steps, self.hparams.inner_lr,
+                             first_order=True)[-1]
+        return adapted, self.loss(adapted, qx, qy)
+
+    def meta_gradient(self, batch: TaskBatch) -> tuple[float, Params]:
+        raise NotImplementedError("reptile has no meta-gradient: its outer update interpolates the weights")
 
     def meta_train_step(self, batch: TaskBatch) -> float:
         """One outer update phi <- phi + outer_lr * (mean_i W_i - phi); returns the tasks' mean query loss
         of W_i before the update (W_i has trained on the query points too, so this is a training loss)."""
-        phi = _detached(self.params)
         # The task's data at meta-train is all of its points (support and query).
         x = torch.cat([batch.support_x, batch.query_x], dim=1)
         y = torch.cat([batch.support_y, batch.query_y], dim=1)
         with torch.no_grad():
-            if self.hparams.vmap_tasks:
-                adapted, losses = vmap(self._task_update, in_dims=(None, 0, 0, 0, 0))(
-                    phi, x, y, batch.query_x, batch.query_y
-                )
-                mean_adapted = {name: t.mean(dim=0) for name, t in adapted.items()}
-            else:
-                results = [
-                    self._task_update(phi, x[i], y[i], batch.query_x[i], batch.query_y[i])
-                    for i in range(batch.num_tasks)
-                ]
-                mean_adapted = {name: torch.stack([r[0][name] for r in results]).mean(dim=0) for name in phi}
-                losses = torch.stack([r[1] for r in results])
+            adapted, losses = over_tasks(self._task_update, (x, y, batch.query_x, batch.query_y),
+                                         vmap=self.vmap_tasks)
             for name, p in self.params.items():
-                p.add_(mean_adapted[name] - p, alpha=self.hparams.outer_lr)
+                p.add_(adapted[name].mean(dim=0) - p, alpha=self.hparams.outer_lr)
         return float(losses.mean())
 
     def adapt(self, support_x: torch.Tensor, support_y: torch.Tensor, steps: int) -> list[Params]:
         """States after 0..steps SGD steps on one task's support set; detached, fine under no_grad."""
-        start = {name: p.detach().clone() for name, p in self.params.items()}
-        return [_detached(state) for state in self._inner_loop(start, support_x, support_y, steps)]
-
-    def predict(self, state: Params, x: torch.Tensor) -> torch.Tensor:
-        return functional_call(self.model, state, (x,))
-
-    def meta_parameters(self) -> Params:
-        return dict(self.params)
+        return inner_loop(self.loss, snapshot(self.params), support_x, support_y, steps, self.hparams.inner_lr,
+                          first_order=True)
 
 
 @hookimpl
