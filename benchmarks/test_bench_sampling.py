@@ -1,5 +1,5 @@
 """Episode sampling speed on real Omniglot: the suite's vectorised native sampler against learn2learn's
-TaskDataset (plugins/suites/l2l_sampler.py) drawing from the same classes, 5-way 1-shot and 20-way 5-shot.
+TaskDataset (plugins/fewshot/taskdataset.py) drawing from the same classes, 5-way 1-shot and 20-way 5-shot.
 
 The results file benchmarks/results/sampling-cpu.json is committed; it was written by
 
@@ -61,10 +61,9 @@ def test_episodes_per_second(benchmark, suites: dict[str, OmniglotSuite], settin
         sample = suite.sample
     else:
         pytest.importorskip("learn2learn", reason="learn2learn is not installed (make learn2learn)")
-        from metaharness_plugins.suites.l2l_sampler import TaskDatasetSampler
+        from metaharness_plugins.fewshot.taskdataset import TaskDatasetSampler
 
-        sampler = TaskDatasetSampler.from_characters(suite.data.images, suite.classes, ways, shots, query)
-        sample = sampler.sample
+        sample = TaskDatasetSampler(suite.pools, ways, shots, query).sample
     generator = torch.Generator().manual_seed(0)
     benchmark.group = f"{EPISODES} episodes, {ways}-way {shots}-shot {query}-query Omniglot, 1 thread"
     benchmark.extra_info.update({"sampler": sampler, "episodes_per_call": EPISODES, "ways": ways,

@@ -24,8 +24,9 @@ class TaskSuite(abc.ABC):
     configuration and the test seed, which gives every algorithm the same test episodes.
     """
 
-    kind: ClassVar[str] = "regression"
     metric_name: ClassVar[str] = "mse"
+    #: How tables print the metric ("MSE", "error rate"); empty means `metric_name` as it is.
+    metric_label: ClassVar[str] = ""
     higher_is_better: ClassVar[bool] = False
 
     def __init__(self, config: Any) -> None:

@@ -23,7 +23,6 @@ NO_GRID = "adhoc"  # directory for cells run without a grid name
 MAX_STEP_COLUMNS = 4
 _MIB = 2**20
 _TEXT_COLUMNS = ("algorithm", "backend", "reported")
-_METRIC_NAMES = {"mse": "MSE", "mae": "MAE", "nll": "NLL", "rmse": "RMSE", "acc": "accuracy", "error_rate": "error rate"}
 
 
 def _suite_label(cell: Mapping[str, Any]) -> str:
@@ -97,7 +96,7 @@ def _lookup_reported(
     return ""
 
 
-def _describe(records: list[dict[str, Any]], metric: str, higher: bool, ci_over: set[str]) -> str:
+def _describe(records: list[dict[str, Any]], label: str, higher: bool, ci_over: set[str]) -> str:
     """One line saying what the numbers are, for the top of the table."""
     if not records:
         return "No cell of this table completed; the notes below say why."
@@ -119,7 +118,7 @@ def _describe(records: list[dict[str, Any]], metric: str, higher: bool, ci_over:
         cpu = (env.get("cpu") or {}).get("model") or "unknown CPU"
         machines[cpu + (f" + {env['gpu']}" if env.get("gpu") else "")] += 1
         torches[str(env.get("torch", "?"))] += 1
-    what = f"{_METRIC_NAMES.get(metric, metric)} ({'higher' if higher else 'lower'} is better)"
+    what = f"{label} ({'higher' if higher else 'lower'} is better)"
     machine = f"machine: {'; '.join(sorted(machines))}; torch {', '.join(sorted(torches))}"
     return f"{what} on {episodes} test episodes per seed; {ci_text}; {machine}."
 
@@ -142,6 +141,9 @@ def _build_table(grid: str, suite_label: str, records: list[dict[str, Any]], rep
     ok = [r for r in records if r.get("status") == "ok"]
     names = Counter((r.get("metric") or {}).get("name", "metric") for r in ok)
     metric = names.most_common(1)[0][0] if names else "metric"
+    # How the suite asked for the metric to be printed (records before suites declared it: its name).
+    labels = Counter((r.get("metric") or {}).get("label") or metric.replace("_", " ") for r in ok)
+    label = labels.most_common(1)[0][0] if labels else metric
     higher = bool(next((r["metric"].get("higher_is_better") for r in ok if r.get("metric")), False))
     rows_by: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
     for r in ok:
@@ -182,8 +184,9 @@ def _build_table(grid: str, suite_label: str, records: list[dict[str, Any]], rep
         notes.append(_failure_note([r for r in records if r.get("status") != "ok"]))
     if pending:
         notes.append(_pending_note(pending, grid))
-    description = _describe(ok, metric, higher, set(frame["ci_over"]))
-    frame.attrs = {"grid": grid, "suite": suite_label, "metric": metric, "higher_is_better": higher,
+    description = _describe(ok, label, higher, set(frame["ci_over"]))
+    frame.attrs = {"grid": grid, "suite": suite_label, "metric": metric, "metric_label": label,
+                   "higher_is_better": higher,
                    "description": description, "notes": notes}  # fmt: skip
     return frame
 
@@ -262,7 +265,7 @@ def display_table(table: pd.DataFrame) -> pd.DataFrame:
     """The human-facing strings of a `build_tables` frame: `MSE ↓` as `0.352 ± 0.021`, times in s/ms, MiB."""
     metric = table.attrs.get("metric", str(table["metric"].iloc[0]) if len(table) else "metric")
     higher = table.attrs.get("higher_is_better", False)
-    name = _METRIC_NAMES.get(metric, metric)
+    name = table.attrs.get("metric_label", metric)
     out = pd.DataFrame(
         {
             "rank": ["" if r is pd.NA else str(int(r)) for r in table["rank"]],
@@ -426,7 +429,7 @@ def write_tables(tables: Mapping[tuple[str, str], pd.DataFrame], out_dir: Path |
                 written.append(path)
                 links.append(f"[{fmt}]({path.name})")
             best = table["algorithm"].iloc[0] if len(table) else "-"
-            metric = _METRIC_NAMES.get(table.attrs["metric"], table.attrs["metric"])
+            metric = table.attrs.get("metric_label", table.attrs["metric"])
             arrow = "↑" if table.attrs["higher_is_better"] else "↓"
             index.append(f"| {suite} | {metric} {arrow} | {len(table)} | {best} | {' '.join(links)} |")
         readme = grid_dir / "README.md"

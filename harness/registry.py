@@ -172,7 +172,9 @@ class HarnessPluginManager(pluggy.PluginManager):
     def _load_entry_points(self, entry_points: Sequence[importlib.metadata.EntryPoint], origin: str) -> None:
         for ep in entry_points:
             dist = getattr(ep, "dist", None)
-            version = f"{dist.name} {dist.version}" if dist is not None else ""
+            # Bundled plugins are versioned by the harness itself (code_version["harness"]); their own
+            # entry stays empty, as when they were loaded by module name, which keeps fingerprints.
+            version = f"{dist.name} {dist.version}" if dist is not None and origin != "bundled" else ""
             if ep.name in self.blocked or self.is_blocked(ep.name):
                 self._note(PluginInfo(ep.name, origin, ep.value, status="blocked", version=version))
                 continue

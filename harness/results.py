@@ -220,7 +220,7 @@ _RECORD_FIELDS: dict[str, tuple[tuple[type, ...], bool]] = {
 _CELL_FIELDS = {"algorithm": ((str,), True), "suite": ((str,), True), "backend": ((str,), True),
                 "seed": ((int,), True), "hparams": ((dict,), False), "suite_config": ((dict,), False),
                 "budget": ((dict,), False), "grid": ((str,), False), "reported": ((str,), False)}
-_METRIC_FIELDS = {"name": ((str,), False), "higher_is_better": ((bool,), False), "mean": ((*_NUM, _NONE), False),
+_METRIC_FIELDS = {"name": ((str,), False), "label": ((str,), False), "higher_is_better": ((bool,), False), "mean": ((*_NUM, _NONE), False),
                   "ci95": ((*_NUM, _NONE), False), "std": ((*_NUM, _NONE), False), "n": ((int, _NONE), False),
                   "final_step": ((int, _NONE), False), "per_step": ((list,), False), "episodes": ((str,), False)}
 _STEP_FIELDS = {"step": ((int,), True), "mean": ((*_NUM, _NONE), False), "ci95": ((*_NUM, _NONE), False)}

@@ -24,6 +24,7 @@ from harness.cells import resolve_cell
 from harness.measure import Stopwatch, mean_ci95
 from harness.results import capture_environment
 from harness.specs import Cell, TaskBatch
+from harness.storage import CACHE_ENV, DATA_ENV
 
 hookimpl = pluggy.HookimplMarker("harness")
 
@@ -175,7 +176,8 @@ def harness_run_cell(cell: Cell, context: CellContext) -> dict[str, Any]:
         summary.append(entry)
     mean, ci, std = mean_ci95(per_step[-1])
     result = {
-        "metric": {"name": suite.metric_name, "higher_is_better": suite.higher_is_better, "mean": mean,
+        "metric": {"name": suite.metric_name, "label": suite.metric_label or suite.metric_name,
+                   "higher_is_better": suite.higher_is_better, "mean": mean,
                    "ci95": ci, "std": std, "n": len(per_step[-1]), "final_step": len(per_step) - 1,
                    "per_step": summary, "episodes": "fixed" if test_batch.fixed else "sampled"},
         "timings": {"meta_train_s": train_wall - warmup.total - val_s, "warmup_s": warmup.total,
@@ -204,7 +206,7 @@ def portable_paths(value: Any) -> Any:
         return [portable_paths(v) for v in value]
     if not isinstance(value, str):
         return value
-    prefixes = [(os.environ.get(env, ""), f"${env}") for env in ("HARNESS_DATA", "HARNESS_CACHE")]
+    prefixes = [(os.environ.get(env, ""), f"${env}") for env in (DATA_ENV, CACHE_ENV)]
     prefixes.append((str(Path.home()), "~"))
     for prefix, name in prefixes:
         prefix = prefix.rstrip("/")

@@ -30,16 +30,28 @@ SINE = ("smoke", "sinusoid[shots=10]")
 
 def test_rank_lower_is_better_for_mse() -> None:
     records = [
-        make_record("maml", mean=0.35),
-        make_record("reptile", {}, mean=0.50),
-        make_record("anil", {}, mean=0.35),
-        make_record("fomaml", {}, mean=0.40),
+        make_record("maml", mean=0.35, label="MSE"),
+        make_record("reptile", {}, mean=0.50, label="MSE"),
+        make_record("anil", {}, mean=0.35, label="MSE"),
+        make_record("fomaml", {}, mean=0.40, label="MSE"),
     ]
     table = build_tables(records)[SINE]
     assert list(table["algorithm"]) == ["anil", "maml[inner_lr=0.01]", "fomaml", "reptile"]
     assert list(table["rank"]) == [1, 1, 3, 4]  # ties share a rank
     assert table.attrs["metric"] == "mse" and not table.attrs["higher_is_better"]
     assert "MSE ↓" in display_table(table).columns
+
+
+def test_the_metric_is_printed_as_the_suite_labels_it_else_by_its_name() -> None:
+    """Labels come from the records (the suite's `metric_label`), so tables stay functions of records;
+    records written before suites declared labels print the metric's name."""
+    kw = dict(suite="omniglot-runs", suite_config={}, metric="error_rate", higher=False, steps=0)
+    labelled = build_tables([make_record("maml", label="error rate (%)", **kw)])[("smoke", "omniglot-runs")]
+    assert labelled.attrs["metric_label"] == "error rate (%)" and "error rate (%) ↓" in display_table(labelled).columns
+    assert labelled.attrs["description"].startswith("error rate (%) (lower is better)")
+    old = build_tables([make_record("maml", label=None, **kw)])[("smoke", "omniglot-runs")]
+    assert "error rate ↓" in display_table(old).columns
+    assert "mse ↓" in display_table(build_tables([make_record("maml", label=None)])[SINE]).columns
 
 
 def test_rank_higher_is_better_for_accuracy() -> None:

@@ -7,7 +7,7 @@ import textwrap
 import pytest
 
 from harness.errors import PluginError, UsageError
-from harness.registry import BUILTIN_PLUGINS, bundled_modules, build_plugin_manager
+from harness.registry import BUILTIN_PLUGINS, build_plugin_manager, bundled_modules, plugin_entry_points
 from tests.conftest import FAULTY
 
 
@@ -159,6 +159,8 @@ def test_bundled_plugins_are_the_distributions_entry_points_and_load_without_aut
     registry = build_plugin_manager()
     modules = bundled_modules()
     assert "metaharness_plugins.algorithms.maml" in modules and "metaharness_plugins.suites.omniglot" in modules
-    assert {registry.infos[m.rsplit(".", 1)[-1]].origin for m in modules} == {"bundled"}
-    assert all(registry.infos[m.rsplit(".", 1)[-1]].status == "loaded" for m in modules)
     assert "metaharness_plugins.fewshot" not in " ".join(modules)  # helper modules are not plugins
+    bundled, _ = plugin_entry_points()
+    assert [ep.value for ep in bundled] == modules
+    assert {registry.infos[ep.name].origin for ep in bundled} == {"bundled"}
+    assert all(registry.infos[ep.name].status == "loaded" for ep in bundled)

@@ -25,20 +25,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from harness import HarnessError, TaskBatch, TaskSuite, TaskSuiteSpec, UsageError, hookimpl
-from harness.cache import save_atomic
+from harness import HarnessError, TaskSuiteSpec, UsageError, hookimpl
+from harness.storage import DATA_ENV, cache_folder, cached, data_folders, file_sha256
 from metaharness_plugins._learn2learn import import_learn2learn
 from metaharness_plugins.backbones import conv4
-from metaharness_plugins.suites.l2l_sampler import TaskDatasetSampler, check_sampler, missing_learn2learn
+from metaharness_plugins.fewshot.pool import ClassPool
+from metaharness_plugins.fewshot.suite import BATCH_NORM, SPLITS, FewShotConfig, FewShotSuite, sampler_problem
 
-SPLITS = ("train", "val", "test")
 MODES = {"train": "train", "val": "validation", "test": "test"}  # learn2learn's names of the splits
-MODELS = ("conv4", "conv4-64", "conv4-nopool", "resnet12")
-DATA_ENV, CACHE_ENV = "HARNESS_DATA", "HARNESS_CACHE"
 FORMAT = 1  # bump when conversion changes, so old cache files are not reused
 ZENODO = "https://zenodo.org/record/7978538/files/"  # learn2learn's mirror of every file below
-BATCH_NORM = ("batch statistics at meta-train and meta-test (track_running_stats=False, no running buffers):"
-              " the transductive setting of MAML's code; works under torch.func.functional_call and vmap")
 
 
 @dataclass(frozen=True)
@@ -80,40 +76,20 @@ CIFARFS_RAW = ("cifarfs/cifar100/data", *(f"cifarfs/cifar100/splits/bertinetto/{
 
 
 @dataclass(frozen=True)
-class FewShotImagesConfig:
-    """Episode sizes, data and model. `query` is query images per class; `image_size` the side images are
+class FewShotImagesConfig(FewShotConfig):
+    """Episode sizes and sampler (`FewShotConfig`), data and model. `image_size` is the side images are
     resized to (once, when converted; the files' own size needs no resizing); `data_root` is the folder
     learn2learn would be given as `root` (None: `$HARNESS_DATA/<suite>`, else `$HARNESS_DATA`);
     `cache_dir` None means `$HARNESS_CACHE/<suite>`, else `~/.cache/metaharness/<suite>`. `model`:
     conv4 (32 filters, MAML's mini-ImageNet model), conv4-64 (ProtoNets'), conv4-nopool (32 filters,
-    stride-2 convolutions instead of max-pools), resnet12 (learn2learn's). `sampler` "native" draws
-    episodes with this module's vectorised sampler, "learn2learn" with learn2learn's TaskDataset
-    (`l2l_sampler`): the same task distribution, other episodes."""
+    stride-2 convolutions instead of max-pools), resnet12 (learn2learn's)."""
 
-    ways: int = 5
-    shots: int = 1
-    query: int = 15
     image_size: int = 84
-    model: str = "conv4"
     data_root: str | None = None
     cache_dir: str | None = None
-    sampler: str = "native"
     dataset: ClassVar[str] = ""
-
-    def __post_init__(self) -> None:
-        check_sampler(self.sampler)
-        for name in ("ways", "shots", "query", "image_size"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if not 8 <= self.image_size <= 512:
-            raise ValueError(f"image_size must be from 8 to 512 pixels, got {self.image_size}")
-        if self.model not in MODELS:
-            raise ValueError(f"model must be one of {', '.join(MODELS)}, got {self.model!r}")
-        # Four 2x2 max-pools shrink the image 16-fold; below 16 pixels nothing would be left.
-        if self.model != "conv4-nopool" and self.image_size < 16:
-            raise ValueError(f"model {self.model!r} needs image_size >= 16 (four 2x2 max-pools), got "
-                             f"{self.image_size}; use model 'conv4-nopool' for smaller images")
+    MODELS: ClassVar[tuple[str, ...]] = ("conv4", "conv4-64", "conv4-nopool", "resnet12")
+    POOLED: ClassVar[tuple[str, ...]] = ("conv4", "conv4-64", "resnet12")
 
 
 @dataclass(frozen=True)
@@ -159,12 +135,8 @@ def find_data_root(cfg: FewShotImagesConfig) -> Path:
     wanted = ", ".join(expected)
     if data.name == "cifar-fs":
         wanted += " (or the unzipped cifar100.zip: " + ", ".join(CIFARFS_RAW) + ")"
-    if cfg.data_root is not None:
-        candidates = [Path(cfg.data_root).expanduser()]
-    elif os.environ.get(DATA_ENV):
-        base = Path(os.environ[DATA_ENV]).expanduser()
-        candidates = [base / data.name, base]
-    else:
+    candidates = data_folders(cfg.data_root, data.name)
+    if not candidates:
         raise UsageError(f"no {data.title} data directory: set the suite option data_root or ${DATA_ENV} "
                          f"(it, or its {data.name}/ subfolder, must hold {wanted}); get them from "
                          f"{data.source}")
@@ -191,7 +163,7 @@ def check_data(cfg: FewShotImagesConfig) -> str:
         find_data_root(cfg)
     except UsageError as exc:
         return str(exc)
-    return missing_learn2learn() if cfg.sampler == "learn2learn" else ""
+    return sampler_problem(cfg)
 
 
 # --- reading the files with learn2learn, once -----------------------------------------------------------
@@ -293,13 +265,7 @@ def _source_files(data: ImageSet, root: Path, split: str) -> list[Path]:
 
 
 def _sha256(root: Path, paths: list[Path]) -> str:
-    digests = []
-    for path in paths:
-        digest = hashlib.sha256()
-        with open(path, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-        digests.append(f"{path.relative_to(root).as_posix()} {digest.hexdigest()}")
+    digests = [f"{path.relative_to(root).as_posix()} {file_sha256(path)}" for path in paths]
     if len(digests) == 1:
         return digests[0].split()[-1]
     return hashlib.sha256("\n".join(digests).encode()).hexdigest()
@@ -313,38 +279,28 @@ def load_split(data: ImageSet, root: Path, split: str, image_size: int, cache_di
     stats = [(p.relative_to(root).as_posix(), p.stat().st_size, p.stat().st_mtime_ns) for p in paths]
     key = hashlib.sha256(json.dumps([FORMAT, data.name, split, image_size, stats]).encode()).hexdigest()[:24]
     cache_file = cache_dir / f"{data.name}-{split}-{image_size}px-{key}.pt"
-    if cache_file.is_file():
-        try:
-            # Memory-mapped: cells of a grid share the page cache instead of each holding a copy.
-            blob = torch.load(cache_file, weights_only=True, mmap=True)
-            if blob["format"] == FORMAT and blob["key"] == key:
-                return _split_data(blob, cache_file, from_cache=True)
-        except Exception:  # an unreadable cache file is only a missed shortcut: convert again
-            pass
-    try:
-        images, labels, names = read_split(data, root, split)
-    except HarnessError:
-        raise
-    except Exception as exc:  # pickle, PIL and learn2learn raise many types for a damaged file
-        files = ", ".join(data.files(MODES[split]))
-        raise HarnessError(f"cannot read the {data.title} {split} split ({files} in {root}) with "
-                           f"learn2learn's {data.loader}: {type(exc).__name__}: {exc}; the file may be "
-                           f"truncated or not the official one (get it from {data.source})") from exc
-    used, labels = torch.unique(labels, return_inverse=True)
-    order = labels.argsort(stable=True)
-    learn2learn = import_learn2learn()
 
-    blob = {"format": FORMAT, "key": key, "images": _resize(images[order].contiguous(), image_size),
-            "counts": torch.bincount(labels, minlength=len(used)), "names": [names[int(u)] for u in used],
-            "sources": [s for s, _, _ in stats], "sha256": _sha256(root, paths),
-            "learn2learn": learn2learn.__version__}
-    del images
-    try:
-        save_atomic(blob, cache_file)
-    except OSError as exc:
-        raise UsageError(f"cannot write the {data.title} cache file {cache_file}: {exc}; set the suite "
-                         f"option cache_dir or ${CACHE_ENV} to a writable directory") from exc
-    return _split_data(blob, cache_file, from_cache=False)
+    def convert() -> dict[str, Any]:
+        try:
+            images, labels, names = read_split(data, root, split)
+        except HarnessError:
+            raise
+        except Exception as exc:  # pickle, PIL and learn2learn raise many types for a damaged file
+            files = ", ".join(data.files(MODES[split]))
+            raise HarnessError(f"cannot read the {data.title} {split} split ({files} in {root}) with "
+                               f"learn2learn's {data.loader}: {type(exc).__name__}: {exc}; the file may be "
+                               f"truncated or not the official one (get it from {data.source})") from exc
+        used, labels = torch.unique(labels, return_inverse=True)
+        order = labels.argsort(stable=True)
+        return {"format": FORMAT, "key": key, "images": _resize(images[order].contiguous(), image_size),
+                "counts": torch.bincount(labels, minlength=len(used)), "names": [names[int(u)] for u in used],
+                "sources": [s for s, _, _ in stats], "sha256": _sha256(root, paths),
+                "learn2learn": import_learn2learn().__version__}
+
+    # Memory-mapped: cells of a grid share the page cache instead of each holding a copy.
+    blob, from_cache = cached(cache_file, convert, valid=lambda b: b["format"] == FORMAT and b["key"] == key,
+                              mmap=True)
+    return _split_data(blob, cache_file, from_cache)
 
 
 def _split_data(blob: dict[str, Any], cache_file: Path, from_cache: bool) -> SplitData:
@@ -382,73 +338,21 @@ def _process_cifarfs(root: Path) -> None:
 # --- the suite --------------------------------------------------------------------------------------------
 
 
-class FewShotImagesSuite(TaskSuite):
+class FewShotImagesSuite(FewShotSuite):
     """N-way K-shot episodes of one of the four image datasets, scored by query accuracy."""
 
-    kind = "classification"
-    metric_name = "accuracy"
-    higher_is_better = True
+    CHANNELS = 3
 
     def __init__(self, config: FewShotImagesConfig) -> None:
         super().__init__(config)
         cfg = config
         self.data_set = IMAGE_SETS[cfg.dataset]
         self.root = find_data_root(cfg)
-        if cfg.cache_dir is not None:
-            cache_dir = Path(cfg.cache_dir).expanduser()
-        elif os.environ.get(CACHE_ENV):
-            cache_dir = Path(os.environ[CACHE_ENV]).expanduser() / cfg.dataset
-        else:
-            cache_dir = Path.home() / ".cache" / "metaharness" / cfg.dataset
+        cache_dir = cache_folder(cfg.cache_dir, cfg.dataset)
         self.splits = {s: load_split(self.data_set, self.root, s, cfg.image_size, cache_dir) for s in SPLITS}
-        per_class = cfg.shots + cfg.query
-        title = self.data_set.title
-        for split, data in self.splits.items():
-            if len(data.counts) < cfg.ways:
-                raise UsageError(f"{cfg.ways}-way episodes need {cfg.ways} classes, but the {title} {split} "
-                                 f"split has {len(data.counts)}")
-            smallest = int(data.counts.argmin())
-            if int(data.counts[smallest]) < per_class:
-                raise UsageError(f"shots + query = {cfg.shots} + {cfg.query} = {per_class} images per class, "
-                                 f"but class {data.names[smallest]} of the {title} {split} split has "
-                                 f"{int(data.counts[smallest])}")
-        self._l2l: TaskDatasetSampler | None = None
-        if cfg.sampler == "learn2learn":
-            self._l2l = TaskDatasetSampler.from_class_slices(
-                {s: (d.images, d.offsets, d.counts) for s, d in self.splits.items()}, cfg.ways, cfg.shots, cfg.query)
-
-    def sample(self, n_tasks: int, generator: torch.Generator, split: str) -> TaskBatch:
-        """`n_tasks` episodes: support_x [n, ways*shots, 3, S, S] float32 RGB in [0, 1] (no mean/std
-        normalisation: the models' first batch norm standardises), labels int64 in 0..ways-1,
-        class-major (all shots of label 0 first); query_x likewise with `query` images per class."""
-        if split not in SPLITS:
-            raise ValueError(f"unknown split {split!r}; valid splits: {', '.join(SPLITS)}")
-        if not isinstance(n_tasks, int) or isinstance(n_tasks, bool) or n_tasks < 1:
-            raise ValueError(f"n_tasks must be a positive integer, got {n_tasks!r}")
-        if self._l2l is not None:
-            return self._l2l.sample(n_tasks, generator, split)
-        cfg, data = self.config, self.splits[split]
-        per_class, size = cfg.shots + cfg.query, cfg.image_size
-        # Sorting uniform keys gives a uniform random permutation per row: its first `ways` entries are
-        # distinct classes in random order, so label = position is already a random relabelling.
-        keys = torch.rand(n_tasks, len(data.counts), generator=generator, dtype=torch.float64)
-        picked = keys.argsort(dim=1, stable=True)[:, : cfg.ways]
-        # The same trick within each class; keys past a class's own count are pushed to the end (2 > any
-        # uniform key), so the first shots+query positions are distinct images of that class.
-        counts = data.counts[picked].unsqueeze(-1)
-        keys = torch.rand(n_tasks, cfg.ways, int(data.counts.max()), generator=generator, dtype=torch.float64)
-        keys.masked_fill_(torch.arange(keys.shape[-1]) >= counts, 2.0)
-        positions = keys.argsort(dim=2, stable=True)[..., :per_class]
-        # uint8 [n, ways, shots+query, 3, S, S]
-        x = data.images[data.offsets[picked].unsqueeze(-1) + positions]
-        x = x.to(torch.float32).div_(255.0)
-        labels = torch.arange(cfg.ways)
-        return TaskBatch(
-            support_x=x[:, :, : cfg.shots].reshape(n_tasks, cfg.ways * cfg.shots, 3, size, size),
-            support_y=labels.repeat_interleave(cfg.shots).expand(n_tasks, -1).clone(),
-            query_x=x[:, :, cfg.shots :].reshape(n_tasks, cfg.ways * cfg.query, 3, size, size),
-            query_y=labels.repeat_interleave(cfg.query).expand(n_tasks, -1).clone(),
-        )
+        self.set_pools({split: ClassPool(d.images, d.offsets, d.counts, torch.zeros_like(d.counts))
+                        for split, d in self.splits.items()}, self.data_set.title,
+                       name=lambda split, c: self.splits[split].names[c])
 
     def build_model(self) -> nn.Module:
         """The option `model`: an nn.Sequential ending in the nn.Linear classifier (`split_classifier`)."""
@@ -458,14 +362,6 @@ class FewShotImagesSuite(TaskSuite):
         # MAML's mini-ImageNet conv4 has 32 filters (section 5.2, against overfitting), ProtoNets' 64.
         return conv4(3, 64 if cfg.model == "conv4-64" else 32, cfg.ways, cfg.image_size,
                      pool=cfg.model != "conv4-nopool")
-
-    def loss(self, prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """Cross-entropy of the logits, the papers' classification loss."""
-        return F.cross_entropy(prediction, target)
-
-    def metric(self, prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """Fraction of query images whose highest logit is the true label."""
-        return (prediction.argmax(dim=-1) == target).to(torch.float32).mean()
 
     def describe(self) -> dict[str, Any]:
         model = self.config.model
@@ -481,7 +377,7 @@ class FewShotImagesSuite(TaskSuite):
                        for split, d in self.splits.items()},
             "official_classes": dict(zip(SPLITS, self.data_set.classes)),
             "pixels": "float32 RGB in [0, 1], no mean/std normalisation",
-            "sampler": self._l2l.describe() if self._l2l is not None else {"name": "native"},
+            "sampler": self.sampler_description(),
             "model": model + {"conv4": " (32 filters, MAML)", "conv4-64": " (64 filters, ProtoNets)",
                               "conv4-nopool": " (32 filters, stride-2 convolutions, MAML's no-pool variant)",
                               "resnet12": " (learn2learn ResNet12Backbone 64-160-320-640, DropBlock off, "

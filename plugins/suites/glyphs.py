@@ -28,15 +28,16 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from harness import TaskBatch, TaskSuite, TaskSuiteSpec, hookimpl
-from metaharness_plugins.backbones import conv4
-from metaharness_plugins.suites.l2l_sampler import TaskDatasetSampler, check_sampler, missing_learn2learn
-
-MODELS = ("conv4", "conv4-nopool")
-SPLITS = ("train", "val", "test")
-FILTERS = 64  # conv4: 64 filters in every layer (MAML section 5.2)
+from harness import TaskBatch, TaskSuiteSpec, hookimpl
+from metaharness_plugins.fewshot.pool import ClassPool, episodes
+from metaharness_plugins.fewshot.suite import (
+    BATCH_NORM,
+    FewShotConfig,
+    FewShotSuite,
+    positive_int,
+    sampler_problem,
+)
 
 # The universe of glyphs (changing any of these changes every class: bump the spec's version).
 STROKES = (2, 5)  # strokes per class, inclusive
@@ -62,33 +63,20 @@ MAX_CLASSES = 1_000_000
 
 
 @dataclass(frozen=True)
-class GlyphsConfig:
-    """Episode sizes, the glyph universe, the sampler and the model. `query` is query images per class;
-    classes 0..num_classes-1 split 3/4 train, 1/8 val, the rest test (3000 / 500 / 500 by default);
-    `seed` picks the universe of glyphs, not the episodes. `drawings` 0 renders every drawing afresh;
-    N > 0 gives each class a fixed pool of N drawings. `sampler` "native" samples episodes by vectorised
-    indexing, "learn2learn" through learn2learn's TaskDataset, which needs a pool (`drawings` > 0)."""
+class GlyphsConfig(FewShotConfig):
+    """Episode sizes (`FewShotConfig`), the glyph universe, the sampler and the model. Classes
+    0..num_classes-1 split 3/4 train, 1/8 val, the rest test (3000 / 500 / 500 by default); `seed` picks
+    the universe of glyphs, not the episodes. `drawings` 0 renders every drawing afresh; N > 0 gives each
+    class a fixed pool of N drawings. `sampler` "learn2learn" (TaskDataset) needs a pool (`drawings` > 0)."""
 
-    ways: int = 5
-    shots: int = 1
-    query: int = 15
-    image_size: int = 28
     num_classes: int = 4000
     seed: int = 0
-    model: str = "conv4"
     drawings: int = 0
-    sampler: str = "native"
 
     def __post_init__(self) -> None:
-        for name in ("ways", "shots", "query", "image_size", "num_classes"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        for name in ("seed", "drawings"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
-        check_sampler(self.sampler)
+        super().__post_init__()
+        positive_int(self, "num_classes")
+        positive_int(self, "seed", "drawings", minimum=0)
         per_class = self.shots + self.query
         if per_class > MAX_PER_CLASS or self.num_classes > MAX_CLASSES:
             raise ValueError(f"shots + query is {per_class} and num_classes {self.num_classes}; the glyph suite "
@@ -101,13 +89,6 @@ class GlyphsConfig:
                              f"samples a finite labelled dataset; drawings=0 renders every drawing afresh): "
                              f"set drawings to at least shots + query = {per_class}, e.g. "
                              f"{max(per_class, 20)}")
-        if self.model not in MODELS:
-            raise ValueError(f"model must be one of {', '.join(MODELS)}, got {self.model!r}")
-        if not 8 <= self.image_size <= 512:
-            raise ValueError(f"image_size must be from 8 to 512 pixels, got {self.image_size}")
-        if self.model == "conv4" and self.image_size < 16:
-            raise ValueError(f"model 'conv4' needs image_size >= 16 (four 2x2 max-pools), got "
-                             f"{self.image_size}; use model 'conv4-nopool' for smaller images")
         sizes = {split: hi - lo for split, (lo, hi) in class_ranges(self.num_classes).items()}
         smallest = min(sizes, key=lambda s: sizes[s])
         if self.ways > sizes[smallest]:
@@ -200,12 +181,8 @@ def render(points: torch.Tensor, strokes: torch.Tensor, width: torch.Tensor, siz
     return (width.view(n, 1, 1) + 0.5 - dist).clamp_(0.0, 1.0)
 
 
-class GlyphsSuite(TaskSuite):
+class GlyphsSuite(FewShotSuite):
     """N-way K-shot episodes of procedural glyphs, scored by query accuracy."""
-
-    kind = "classification"
-    metric_name = "accuracy"
-    higher_is_better = True
 
     def __init__(self, config: GlyphsConfig | None = None) -> None:
         super().__init__(config if config is not None else GlyphsConfig())
@@ -220,13 +197,10 @@ class GlyphsSuite(TaskSuite):
         # 20 drawings at 28 px would be 63 MB), and `_pooled` says which rows hold drawings.
         self._pool = torch.empty(n if cfg.drawings else 0, cfg.drawings, size, size, dtype=torch.uint8)
         self._pooled = torch.zeros(n, dtype=torch.bool)
-        self._l2l: TaskDatasetSampler | None = None
-        if cfg.sampler == "learn2learn":
-            # Every class is its own "character", unrotated: glyphs have no rotated classes.
-            classes = {split: (torch.arange(lo, hi), torch.zeros(hi - lo, dtype=torch.long))
-                       for split, (lo, hi) in self.ranges.items()}
-            self._l2l = TaskDatasetSampler.from_characters(self._pool, classes, cfg.ways, cfg.shots,
-                                                           cfg.query)
+        if cfg.drawings:
+            # Every class is its own "character", unrotated; its pool is rendered when first sampled.
+            self.set_pools({split: ClassPool.of_characters(self._pool, torch.arange(lo, hi), fill=self._render_pools)
+                            for split, (lo, hi) in self.ranges.items()}, "glyphs")
 
     def programs(self, classes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Control points [..., S, POINTS, 2] (unit square) and stroke counts [...] of class indices."""
@@ -279,52 +253,19 @@ class GlyphsSuite(TaskSuite):
 
     def sample(self, n_tasks: int, generator: torch.Generator, split: str) -> TaskBatch:
         """`n_tasks` episodes: support_x [n, ways*shots, 1, H, W] float32 in [0, 1] (ink = 1), labels
-        int64 in 0..ways-1, class-major (all shots of label 0 first); query_x likewise with `query`."""
-        if split not in SPLITS:
-            raise ValueError(f"unknown split {split!r}; valid splits: {', '.join(SPLITS)}")
-        if not isinstance(n_tasks, int) or isinstance(n_tasks, bool) or n_tasks < 1:
-            raise ValueError(f"n_tasks must be a positive integer, got {n_tasks!r}")
+        int64 in 0..ways-1, class-major (all shots of label 0 first); query_x likewise with `query`.
+        With pools, distinct drawings of each class's pool (`ClassPool.sample`); else fresh drawings."""
+        if self.config.drawings:
+            return super().sample(n_tasks, generator, split)
+        self.check_request(n_tasks, split)
         cfg = self.config
         lo, hi = self.ranges[split]
-        if self._l2l is not None:
-            # TaskDataset indexes a materialised dataset: the split's whole pool, rendered on first use
-            # (about 1.5 ms per class on one thread, so 4.5 s for the default 3000 training classes).
-            if not bool(self._pooled[lo:hi].all()):
-                self._render_pools(torch.arange(lo, hi))
-            return self._l2l.sample(n_tasks, generator, split)
-        # The first `ways` entries of a uniform random permutation: distinct classes in random order,
-        # so label = position is already a random relabelling (as the Omniglot suite does).
+        # The first `ways` entries of a uniform random permutation, as `ClassPool.sample` picks classes.
         keys = torch.rand(n_tasks, hi - lo, generator=generator, dtype=torch.float64)
         picked = keys.argsort(dim=1, stable=True)[:, : cfg.ways] + lo
-        per_class, size = cfg.shots + cfg.query, cfg.image_size
-        if cfg.drawings:
-            self._render_pools(picked.unique())
-            # Distinct drawings of each class's pool, in random order (as the Omniglot suite picks them).
-            keys = torch.rand(n_tasks, cfg.ways, cfg.drawings, generator=generator, dtype=torch.float64)
-            chosen = keys.argsort(dim=2, stable=True)[..., :per_class]
-            x = self._pool[picked.unsqueeze(-1), chosen].to(torch.float32).div_(255.0).unsqueeze(3)
-        else:
-            x = self.draw(picked.unsqueeze(-1).expand(-1, -1, per_class), generator).unsqueeze(3)
-        labels = torch.arange(cfg.ways)
-        return TaskBatch(
-            support_x=x[:, :, : cfg.shots].reshape(n_tasks, cfg.ways * cfg.shots, 1, size, size),
-            support_y=labels.repeat_interleave(cfg.shots).expand(n_tasks, -1).clone(),
-            query_x=x[:, :, cfg.shots :].reshape(n_tasks, cfg.ways * cfg.query, 1, size, size),
-            query_y=labels.repeat_interleave(cfg.query).expand(n_tasks, -1).clone(),
-        )
-
-    def build_model(self) -> nn.Module:
-        """conv4 (4 x [3x3 conv 64, batch norm with batch statistics, ReLU, 2x2 max-pool], linear to
-        `ways`) or conv4-nopool (stride-2 convolutions, global average), as the Omniglot suite builds."""
-        return conv4(1, FILTERS, self.config.ways, self.config.image_size, pool=self.config.model == "conv4")
-
-    def loss(self, prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """Cross-entropy of the logits."""
-        return F.cross_entropy(prediction, target)
-
-    def metric(self, prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """Fraction of query images whose highest logit is the true label."""
-        return (prediction.argmax(dim=-1) == target).to(torch.float32).mean()
+        per_class = cfg.shots + cfg.query
+        x = self.draw(picked.unsqueeze(-1).expand(-1, -1, per_class), generator).unsqueeze(3)
+        return episodes(x, cfg.shots)
 
     def describe(self) -> dict[str, object]:
         return {
@@ -335,15 +276,14 @@ class GlyphsSuite(TaskSuite):
             "jitter": {"point_std": POINT_JITTER, "rotation_deg": ROTATION, "scale": list(SCALE),
                        "shear": SHEAR, "shift_px28": SHIFT, "half_width_px28": list(WIDTH)},
             "render": {"samples_per_stroke": SAMPLES, "sigma_px28": SIGMA},
-            "sampler": self._l2l.describe() if self._l2l is not None else {"name": "native"},
-            "model": {"name": self.config.model, "batch_norm": "batch statistics at meta-train and meta-test "
-                      "(track_running_stats=False, no running buffers): the transductive setting of MAML's code"},
+            "sampler": self.sampler_description(),
+            "model": {"name": self.config.model, "batch_norm": BATCH_NORM},
         }
 
 
 def check_config(cfg: GlyphsConfig) -> str:
     """'' when `cfg` can run here, else why not: the learn2learn sampler needs learn2learn installed."""
-    return missing_learn2learn() if cfg.sampler == "learn2learn" else ""
+    return sampler_problem(cfg)
 
 
 @hookimpl

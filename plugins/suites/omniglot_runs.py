@@ -14,7 +14,8 @@ Here the test split is exactly those runs, declared as fixed episodes (`TaskSuit
 episode per run, the training images as the support set (classKK.png has label KK - 1) and the 20 test
 images as the query set (item01.png first). Meta-training ("train") and validation ("val") draw 20-way
 1-shot episodes from disjoint alphabets of the background archives, decoded and cached by the omniglot
-suite's loader; run images are decoded the same way. The model is the omniglot suite's conv4.
+suite's archive reader (`fewshot.omniglot_archives`); run images are decoded the same way. The model is the
+few-shot base's conv4.
 """
 
 from __future__ import annotations
@@ -28,25 +29,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
-from torch import nn
 
-from harness import HarnessError, TaskBatch, TaskSuite, TaskSuiteSpec, UsageError, hookimpl
-from metaharness_plugins.backbones import conv4
-from metaharness_plugins.suites.omniglot import (
-    CACHE_ENV,
-    DATA_ENV,
-    OmniglotConfig,
-    _decode,
-    _resolve_dir,
-    find_data_root,
-    load_characters,
-)
+from harness import HarnessError, TaskBatch, TaskSuiteSpec, UsageError, hookimpl
+from harness.storage import DATA_ENV, cache_folder, data_folders
+from metaharness_plugins.fewshot.omniglot_archives import decode_png, find_data_root, load_characters
+from metaharness_plugins.fewshot.omniglot_download import unsafe_member
+from metaharness_plugins.fewshot.pool import ClassPool
+from metaharness_plugins.fewshot.suite import FewShotSuite, ImageConfig
 
 WAYS = 20  # every run is a 20-way 1-shot problem (Lake et al. 2015, one-shot classification)
-SPLITS = ("train", "val", "test")
-MODELS = ("conv4", "conv4-nopool")
-FILTERS = 64  # conv4: 64 filters in every layer, as the omniglot suite's
 RUNS_FOLDER = "all_runs"  # the authors' name for the folder of runs, the default under the data root
 LABELS_FILE = "class_labels.txt"
 LAYOUT = ("run01 ... run20 (or however many runs), each runNN/ holding training/class01.png ... class20.png, "
@@ -57,7 +48,7 @@ CLASS_FIELD = re.compile(r"(run\d+)/training/class(\d{2})\.png")
 
 
 @dataclass(frozen=True)
-class OmniglotRunsConfig:
+class OmniglotRunsConfig(ImageConfig):
     """`runs_dir` is the folder holding run01 ... (None: `all_runs` beside the archives, that is
     `<data_root>/all_runs`, `$HARNESS_DATA/omniglot/all_runs` or `$HARNESS_DATA/all_runs`). Meta-training
     and validation use `archives` under `data_root` (as the omniglot suite: None means `$HARNESS_DATA`):
@@ -66,28 +57,16 @@ class OmniglotRunsConfig:
     test images); `rotations` adds the 90/180/270-degree turns of training characters as new classes."""
 
     runs_dir: str | None = None
-    query: int = 15
-    image_size: int = 28
     archives: tuple[str, ...] = ("images_background_small1.zip", "images_background_small2.zip")
     val_alphabets: tuple[str, ...] = ()
     data_root: str | None = None
     cache_dir: str | None = None
     rotations: bool = False
-    model: str = "conv4"
 
     def __post_init__(self) -> None:
-        for name in ("query", "image_size"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if not 8 <= self.image_size <= 512:
-            raise ValueError(f"image_size must be from 8 to 512 pixels, got {self.image_size}")
-        if self.model not in MODELS:
-            raise ValueError(f"model must be one of {', '.join(MODELS)}, got {self.model!r}")
-        if self.model == "conv4" and self.image_size < 16:  # four 2x2 max-pools leave nothing below 16
-            raise ValueError(f"model 'conv4' needs image_size >= 16 (four 2x2 max-pools), got "
-                             f"{self.image_size}; use model 'conv4-nopool' for smaller images")
-        if not self.archives or not all(isinstance(a, str) and a and "/" not in a for a in self.archives):
+        super().__post_init__()
+        valid = (isinstance(a, str) and a and "/" not in a and not unsafe_member(a) for a in self.archives)
+        if not self.archives or not all(valid):
             raise ValueError(f"archives must be a non-empty list of zip file names in the data folder, got "
                              f"{self.archives!r}")
         if self.runs_dir is not None and (not isinstance(self.runs_dir, str) or not self.runs_dir):
@@ -187,10 +166,8 @@ def find_runs_dir(cfg: OmniglotRunsConfig) -> Path:
     runs_dir and the expected layout when there is none."""
     if cfg.runs_dir is not None:
         return Path(cfg.runs_dir).expanduser()
-    root = _resolve_dir(cfg.data_root, DATA_ENV)
-    candidates = [] if root is None else [root / RUNS_FOLDER]
-    if root is not None and cfg.data_root is None:  # $HARNESS_DATA may be the data root or the folder itself
-        candidates.append(root.parent / RUNS_FOLDER)
+    # Beside the archives: under data_root, else $HARNESS_DATA/omniglot or $HARNESS_DATA itself.
+    candidates = [folder / RUNS_FOLDER for folder in data_folders(cfg.data_root, "omniglot")]
     found = next((c for c in candidates if c.is_dir()), None)
     if found is None:
         tried = (f"the default, {' or '.join(map(str, candidates))}, does not exist" if candidates else
@@ -203,11 +180,7 @@ def find_runs_dir(cfg: OmniglotRunsConfig) -> Path:
 def find_archives(cfg: OmniglotRunsConfig) -> Path:
     """The folder holding the background archives of `cfg`, found (official ones fetched when missing) as
     the omniglot suite finds its own."""
-    try:
-        omniglot = OmniglotConfig(archives=cfg.archives, data_root=cfg.data_root)
-    except ValueError as exc:
-        raise UsageError(str(exc)) from None
-    return find_data_root(omniglot)
+    return find_data_root(cfg.archives, cfg.data_root)
 
 
 def check_runs(cfg: OmniglotRunsConfig) -> str:
@@ -245,12 +218,14 @@ def background_splits(
             "val": tuple(n for n in names if n in held_out)}
 
 
-class OmniglotRunsSuite(TaskSuite):
+class OmniglotRunsSuite(FewShotSuite):
     """Meta-train on background alphabets, test on Lake et al.'s one-shot runs; scored by error rate."""
 
-    kind = "classification"
     metric_name = "error_rate"
+    metric_label = "error rate"
     higher_is_better = False
+    ways = WAYS  # every episode is 20-way 1-shot, as every run is
+    shots = 1
 
     def __init__(self, config: OmniglotRunsConfig | None = None) -> None:
         super().__init__(config if config is not None else OmniglotRunsConfig())
@@ -258,7 +233,7 @@ class OmniglotRunsSuite(TaskSuite):
         self.runs_dir = find_runs_dir(cfg)
         self.runs = read_runs(self.runs_dir)  # every layout error before any decoding or training
         root = find_archives(cfg)
-        cache_dir = _resolve_dir(cfg.cache_dir, CACHE_ENV) or Path.home() / ".cache/metaharness/omniglot"
+        cache_dir = cache_folder(cfg.cache_dir, "omniglot")
         self.data = load_characters([root / a for a in cfg.archives], cfg.image_size, cache_dir)
         self.alphabets = background_splits([a for a, _ in self.data.characters], cfg.val_alphabets)
         drawings = self.data.images.shape[1]
@@ -276,6 +251,8 @@ class OmniglotRunsSuite(TaskSuite):
                 raise UsageError(f"{WAYS}-way episodes need {WAYS} classes, but the {split} split "
                                  f"(alphabets: {', '.join(names) or 'none'}) has {len(chars) * turns}; "
                                  "choose held-out alphabets with the option val_alphabets")
+        self.set_pools({split: ClassPool.of_characters(self.data.images, *self.classes[split])
+                        for split in self.alphabets}, "Omniglot background")
         self.run_support, self.run_query = self._decode_runs()  # uint8 [runs, 20, H, W], 255 = ink
         self.run_labels = torch.tensor([run.labels for run in self.runs], dtype=torch.int64)
         self._check_unseen()
@@ -287,7 +264,7 @@ class OmniglotRunsSuite(TaskSuite):
             for part, paths in enumerate((run.classes, run.items)):
                 for i, path in enumerate(paths):
                     try:
-                        out[part, r, i] = _decode(path.read_bytes(), size)
+                        out[part, r, i] = decode_png(path.read_bytes(), size)
                     except Exception as exc:  # PIL raises several types for a damaged file
                         raise UsageError(f"cannot decode {path}: {type(exc).__name__}: {exc}") from exc
         return out[0], out[1]
@@ -324,53 +301,19 @@ class OmniglotRunsSuite(TaskSuite):
 
     def fixed_episodes(self, split: str) -> TaskBatch | None:
         """The test split is every run, in order (run01 first); train and val are sampled."""
-        if split not in SPLITS:
-            raise ValueError(f"unknown split {split!r}; valid splits: {', '.join(SPLITS)}")
+        self.check_request(1, split)
         return self._episodes(torch.arange(len(self.runs))) if split == "test" else None
 
     def sample(self, n_tasks: int, generator: torch.Generator, split: str) -> TaskBatch:
         """`n_tasks` 20-way 1-shot episodes: support_x [n, 20, 1, H, W] float32 in [0, 1] (ink = 1), labels
         0..19 in order; query_x [n, 20 * query, 1, H, W] class-major. "test" draws from the runs (each once
         per pass over them, in random order), so its query set is a run's 20 test images."""
-        if split not in SPLITS:
-            raise ValueError(f"unknown split {split!r}; valid splits: {', '.join(SPLITS)}")
-        if not isinstance(n_tasks, int) or isinstance(n_tasks, bool) or n_tasks < 1:
-            raise ValueError(f"n_tasks must be a positive integer, got {n_tasks!r}")
+        self.check_request(n_tasks, split)
         if split == "test":
             passes = math.ceil(n_tasks / len(self.runs))
             order = torch.cat([torch.randperm(len(self.runs), generator=generator) for _ in range(passes)])
             return self._episodes(order[:n_tasks])
-        cfg, images = self.config, self.data.images
-        chars, turns = self.classes[split]
-        per_class, size = 1 + cfg.query, cfg.image_size
-        # The first `WAYS` entries of a uniform random permutation (argsort of float64 keys, stable) are
-        # distinct classes in random order, so label = position is a random relabelling.
-        keys = torch.rand(n_tasks, len(chars), generator=generator, dtype=torch.float64)
-        picked = keys.argsort(dim=1, stable=True)[:, :WAYS]
-        keys = torch.rand(n_tasks, WAYS, images.shape[1], generator=generator, dtype=torch.float64)
-        drawings = keys.argsort(dim=2, stable=True)[..., :per_class]
-        x = images[chars[picked].unsqueeze(-1), drawings]  # uint8 [n, ways, 1 + query, H, W]
-        quarter_turns = turns[picked]
-        for k in (1, 2, 3):
-            mask = quarter_turns == k
-            if bool(mask.any()):
-                x[mask] = torch.rot90(x[mask], k, dims=(-2, -1))
-        x = x.to(torch.float32).div_(255.0).unsqueeze(3)  # [n, ways, 1 + query, 1, H, W]
-        labels = torch.arange(WAYS)
-        return TaskBatch(
-            support_x=x[:, :, 0],
-            support_y=labels.expand(n_tasks, -1).clone(),
-            query_x=x[:, :, 1:].reshape(n_tasks, WAYS * cfg.query, 1, size, size),
-            query_y=labels.repeat_interleave(cfg.query).expand(n_tasks, -1).clone(),
-        )
-
-    def build_model(self) -> nn.Module:
-        """The omniglot suite's conv4 (or conv4-nopool) with 20 logits, one per class of a run."""
-        return conv4(1, FILTERS, WAYS, self.config.image_size, pool=self.config.model == "conv4")
-
-    def loss(self, prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """Cross-entropy of the logits."""
-        return F.cross_entropy(prediction, target)
+        return super().sample(n_tasks, generator, split)
 
     def metric(self, prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Error rate: the fraction of query images whose highest logit is not the true label (the

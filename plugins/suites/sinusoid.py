@@ -70,8 +70,8 @@ def _uniform(shape: tuple[int, ...], low: float, high: float, generator: torch.G
 class SinusoidSuite(TaskSuite):
     """Sine waves with random amplitude and phase; a regression suite scored by MSE (lower is better)."""
 
-    kind = "regression"
     metric_name = "mse"
+    metric_label = "MSE"
     higher_is_better = False
 
     def __init__(self, config: SinusoidConfig | None = None) -> None:

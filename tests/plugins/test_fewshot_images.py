@@ -370,7 +370,7 @@ def test_loss_is_cross_entropy_and_metric_is_accuracy(suites: dict) -> None:
     target = torch.tensor([0, 1, 2, 1])
     assert float(suite.metric(logits, target)) == pytest.approx(0.5)
     assert float(suite.loss(logits, target)) == pytest.approx(float(nn.CrossEntropyLoss()(logits, target)))
-    assert (suite.kind, suite.metric_name, suite.higher_is_better) == ("classification", "accuracy", True)
+    assert (suite.metric_name, suite.higher_is_better) == ("accuracy", True)
 
 
 # --- registration and the command line ------------------------------------------------------------------

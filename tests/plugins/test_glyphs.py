@@ -147,7 +147,7 @@ def test_conv4_model_loss_and_metric(suite: GlyphsSuite) -> None:
     target = torch.tensor([0, 1, 1])
     assert float(suite.metric(logits, target)) == pytest.approx(2 / 3)
     assert float(suite.loss(logits, target)) == pytest.approx(float(nn.CrossEntropyLoss()(logits, target)))
-    assert (suite.kind, suite.metric_name, suite.higher_is_better) == ("classification", "accuracy", True)
+    assert (suite.metric_name, suite.higher_is_better) == ("accuracy", True)
 
 
 def test_registers_through_pluggy() -> None:

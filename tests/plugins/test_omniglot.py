@@ -24,21 +24,20 @@ from harness import HarnessError, UsageError, cli  # noqa: E402
 from harness.grid import load_grid  # noqa: E402
 from harness.registry import build_plugin_manager  # noqa: E402
 from harness.specs import TaskSuiteSpec, resolve_params  # noqa: E402
+from harness.storage import file_sha256  # noqa: E402
 from metaharness_plugins.algorithms.maml import MAML, FOMAMLHparams  # noqa: E402
 from metaharness_plugins.backends.cpu import CPUBackend  # noqa: E402
-from metaharness_plugins.suites import omniglot, omniglot_download  # noqa: E402
+from metaharness_plugins.fewshot import omniglot_download  # noqa: E402
+from metaharness_plugins.fewshot.omniglot_archives import cache_key, load_characters, survey_archives  # noqa: E402
+from metaharness_plugins.fewshot.suite import SPLITS  # noqa: E402
+from metaharness_plugins.suites import omniglot  # noqa: E402
 from metaharness_plugins.suites.omniglot import (  # noqa: E402
-    SPLITS,
     OmniglotConfig,
     OmniglotSuite,
     alphabet_splits,
-    cache_key,
     check_data,
-    file_sha256,
-    load_characters,
     split_characters,
     standard_splits,
-    survey_archives,
 )
 
 DATA = Path(__file__).resolve().parents[3] / "shared" / "data" / "omniglot"
@@ -345,7 +344,7 @@ def test_loss_is_cross_entropy_and_metric_is_accuracy(suite: OmniglotSuite) -> N
     assert suite.metric(logits, target).shape == ()
     assert float(suite.metric(logits, target)) == pytest.approx(0.5)
     assert float(suite.loss(logits, target)) == pytest.approx(float(nn.CrossEntropyLoss()(logits, target)))
-    assert (suite.kind, suite.metric_name, suite.higher_is_better) == ("classification", "accuracy", True)
+    assert (suite.metric_name, suite.higher_is_better) == ("accuracy", True)
 
 
 def test_registers_through_pluggy_and_grid_overrides_resolve() -> None:

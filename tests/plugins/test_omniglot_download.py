@@ -19,9 +19,8 @@ import pytest
 
 pytest.importorskip("PIL", reason="the Omniglot suite decodes PNG with Pillow (pip install pillow)")
 from harness import HarnessError, UsageError  # noqa: E402
-from metaharness_plugins.suites import omniglot_download  # noqa: E402
-from metaharness_plugins.suites.omniglot import OmniglotConfig, OmniglotSuite, check_data  # noqa: E402
-from metaharness_plugins.suites.omniglot_download import (  # noqa: E402
+from metaharness_plugins.fewshot import omniglot_download  # noqa: E402
+from metaharness_plugins.fewshot.omniglot_download import (  # noqa: E402
     OFFICIAL_URL,
     URL_ENV,
     archive_url,
@@ -29,6 +28,7 @@ from metaharness_plugins.suites.omniglot_download import (  # noqa: E402
     file_md5,
     resolve_base_url,
 )
+from metaharness_plugins.suites.omniglot import OmniglotConfig, OmniglotSuite, check_data  # noqa: E402
 from tests.conftest import run_cli  # noqa: E402
 from tests.plugins.test_omniglot import fabricate_full_archives  # noqa: E402
 

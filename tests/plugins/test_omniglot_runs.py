@@ -384,7 +384,7 @@ def test_model_metric_and_registration(suite: OmniglotRunsSuite, registry) -> No
     assert float(suite.metric(logits, target)) == pytest.approx(0.5)  # two of four wrong
     assert float(suite.metric(logits, torch.tensor([0, 1, 0, 2]))) == 0.0
     assert float(suite.loss(logits, target)) == pytest.approx(float(nn.CrossEntropyLoss()(logits, target)))
-    assert (suite.kind, suite.metric_name, suite.higher_is_better) == ("classification", "error_rate", False)
+    assert (suite.metric_name, suite.higher_is_better) == ("error_rate", False)
     spec = registry.suite("omniglot-runs").spec
     assert (spec.config, spec.task_kind, spec.check) == (OmniglotRunsConfig, "classification", check_runs)
     assert spec.episode_neutral == ("model", "data_root", "cache_dir")

@@ -141,9 +141,9 @@ def test_loss_and_metric_are_mse(suite: SinusoidSuite) -> None:
     metric = suite.metric(prediction, target)
     assert metric.shape == ()
     assert float(metric) == pytest.approx(13 / 3)
-    assert (SinusoidSuite.kind, SinusoidSuite.metric_name, SinusoidSuite.higher_is_better) == (
-        "regression",
+    assert (SinusoidSuite.metric_name, SinusoidSuite.metric_label, SinusoidSuite.higher_is_better) == (
         "mse",
+        "MSE",
         False,
     )
 

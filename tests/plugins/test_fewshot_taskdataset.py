@@ -1,4 +1,4 @@
-"""learn2learn's TaskDataset as an episode sampler: episodes traced back to their class and drawing (valid,
+"""learn2learn's TaskDataset as an episode sampler over class pools (plugins/fewshot/taskdataset.py): episodes traced back to their class and drawing (valid,
 rotated where the class is, in the native samplers' layout), reproducibility from the harness generator
 alone, the class distribution, errors, the real Omniglot classes, and the glyphs suite's sampler option."""
 
@@ -14,15 +14,30 @@ import torch
 
 pytest.importorskip("learn2learn", reason="learn2learn is not installed (make learn2learn)")
 from harness import TaskBatch, UsageError  # noqa: E402
-from metaharness_plugins.suites import glyphs  # noqa: E402
-from metaharness_plugins.suites.glyphs import GlyphsConfig, GlyphsSuite  # noqa: E402
-from metaharness_plugins.suites.l2l_sampler import (  # noqa: E402
+from metaharness_plugins.fewshot.pool import ClassPool  # noqa: E402
+from metaharness_plugins.fewshot.taskdataset import (  # noqa: E402
     SAMPLERS,
     ClassImages,
     TaskDatasetSampler,
     check_sampler,
     missing_learn2learn,
 )
+from metaharness_plugins.suites import glyphs  # noqa: E402
+from metaharness_plugins.suites.glyphs import GlyphsConfig, GlyphsSuite  # noqa: E402
+
+
+def from_characters(images: torch.Tensor, classes: dict, ways: int, shots: int, query: int) -> TaskDatasetSampler:
+    """The sampler over pools of characters: split -> (character of each class, its quarter turns)."""
+    pools = {split: ClassPool.of_characters(images, chars, turns) for split, (chars, turns) in classes.items()}
+    return TaskDatasetSampler(pools, ways, shots, query)
+
+
+def from_class_slices(splits: dict, ways: int, shots: int, query: int) -> TaskDatasetSampler:
+    """The sampler over pools of class slices: split -> (images, offsets, counts), unrotated."""
+    pools = {split: ClassPool(images, offsets, counts, torch.zeros_like(counts))
+             for split, (images, offsets, counts) in splits.items()}
+    return TaskDatasetSampler(pools, ways, shots, query)
+
 
 DATA = Path(__file__).resolve().parents[3] / "shared" / "data" / "omniglot"
 SIZE = 10
@@ -45,7 +60,7 @@ def classes() -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
 
 @pytest.fixture(scope="module")
 def sampler(images: torch.Tensor, classes: dict) -> TaskDatasetSampler:
-    return TaskDatasetSampler.from_characters(images, classes, ways=5, shots=2, query=3)
+    return from_characters(images, classes, ways=5, shots=2, query=3)
 
 
 def make_lookup(images: torch.Tensor) -> dict[bytes, Drawing]:
@@ -152,13 +167,15 @@ def test_every_class_and_drawing_gets_drawn(sampler: TaskDatasetSampler, images:
 
 
 def test_class_images_dataset_and_description(images: torch.Tensor, sampler: TaskDatasetSampler) -> None:
-    items = ClassImages(images.flatten(0, 1), [range(60, 80), range(60, 80), [5, 9]], [0, 1, 2])
+    pool = ClassPool(images.flatten(0, 1).unsqueeze(1), torch.tensor([60, 60, 5]), torch.tensor([20, 20, 2]),
+                     torch.tensor([0, 1, 2]))
+    items = ClassImages(pool)
     assert len(items) == 42 and items.sizes == [20, 20, 2]
     assert items.labels_to_indices() == {0: list(range(20)), 1: list(range(20, 40)), 2: [40, 41]}
     image, label = items[27]
-    assert label == 1 and torch.equal(image, torch.rot90(images[3, 7], 1, dims=(-2, -1)))
-    assert torch.equal(items[7][0], images[3, 7]) and items[7][1] == 0
-    assert torch.equal(items[41][0], torch.rot90(images[0, 9], 2)) and items[41][1] == 2
+    assert label == 1 and torch.equal(image[0], torch.rot90(images[3, 7], 1, dims=(-2, -1)))
+    assert torch.equal(items[7][0][0], images[3, 7]) and items[7][1] == 0
+    assert torch.equal(items[41][0][0], torch.rot90(images[0, 6], 2)) and items[41][1] == 2
     described = sampler.describe()
     assert described["name"] == "learn2learn" and described["learn2learn"] == "0.2.0"
     assert described["task_transforms"] == ["NWays(5)", "KShots(5)", "LoadData", "RemapLabels",
@@ -175,7 +192,7 @@ def test_class_slices_of_rgb_images_with_uneven_classes() -> None:
     rows = [range(o, o + n) for o, n in zip(offsets.tolist(), counts.tolist())]
     owner = {rgb[i].numpy().tobytes(): (c, i) for c in range(6) for i in rows[c]}
     splits = {"train": (rgb, offsets, counts)}
-    sampler = TaskDatasetSampler.from_class_slices(splits, ways=4, shots=2, query=4)
+    sampler = from_class_slices(splits, ways=4, shots=2, query=4)
     batch = sampler.sample(60, torch.Generator().manual_seed(0), "train")
     assert batch.support_x.shape == (60, 8, 3, 6, 6) and batch.query_x.shape == (60, 16, 3, 6, 6)
     drawn = Counter()
@@ -188,11 +205,11 @@ def test_class_slices_of_rgb_images_with_uneven_classes() -> None:
         drawn.update({v[0][0] for v in by_label.values()})
     assert set(drawn) == set(range(6))  # every class, the smallest ones (6 images = shots + query) too
     with pytest.raises(ValueError, match=r"class 0 of split 'train' has 6"):
-        TaskDatasetSampler.from_class_slices(splits, ways=4, shots=3, query=4)
-    with pytest.raises(ValueError, match=r"split 'train': every class's slice .* must lie in its 48 images"):
-        TaskDatasetSampler.from_class_slices({"train": (rgb, offsets + 1, counts)}, ways=4, shots=2, query=4)
-    with pytest.raises(ValueError, match=r"images must be a uint8 tensor \[N, C, H, W\] or \[N, H, W\]"):
-        TaskDatasetSampler.from_class_slices({"train": (rgb[0, 0], offsets, counts)}, 4, 2, 4)
+        from_class_slices(splits, ways=4, shots=3, query=4)
+    with pytest.raises(ValueError, match=r"every class's rows .* must be a non-empty slice of the pool's 48 images"):
+        from_class_slices({"train": (rgb, offsets + 1, counts)}, ways=4, shots=2, query=4)
+    with pytest.raises(ValueError, match=r"images must be a uint8 tensor \[N, C, H, W\], got"):
+        from_class_slices({"train": (rgb[0, 0], offsets, counts)}, 4, 2, 4)
 
 
 # --- errors ------------------------------------------------------------------------------------------
@@ -207,13 +224,13 @@ def split_a(characters: list[int], turns: list[int]) -> dict[str, tuple[torch.Te
     [
         ({"ways": 0}, "ways must be a positive integer, got 0"),
         ({"query": 1.5}, "query must be a positive integer, got 1.5"),
-        ({"images": "float"}, r"images must be a uint8 tensor \[characters, drawings, H, W\], got torch\.f"),
+        ({"images": "float"}, r"images must be a uint8 tensor \[N, C, H, W\], got torch\.f"),
         ({"shots": 10, "query": 11}, r"shots \+ query = 10 \+ 11 = 21 images per class, but class 0 of "),
         ({"ways": 6}, "6-way episodes need 6 classes, but split 'test' has 5"),
         ({"classes": {}}, "the sampler needs at least one split of classes"),
-        ({"classes": split_a([13, 14], [0, 0])}, r"'a': character indices must lie in 0\.\.13"),
-        ({"classes": split_a([1, 2], [0, 4])}, r"'a': quarter turns must lie in 0\.\.3"),
-        ({"classes": split_a([1, 2], [0])}, "'a': characters and turns must be integer tensors of one len"),
+        ({"classes": split_a([13, 14], [0, 0])}, r"character indices must lie in 0\.\.13"),
+        ({"classes": split_a([1, 2], [0, 4])}, r"quarter turns must lie in 0\.\.3"),
+        ({"classes": split_a([1, 2], [0])}, "offsets, counts and turns must be int64 vectors of one length"),
     ],
 )
 def test_bad_arguments_are_rejected_before_any_work(
@@ -223,7 +240,7 @@ def test_bad_arguments_are_rejected_before_any_work(
     if change.get("images") == "float":
         args["images"] = images.float()
     with pytest.raises(ValueError, match=message):
-        TaskDatasetSampler.from_characters(**args)
+        from_characters(**args)
 
 
 def test_unknown_split_and_bad_task_count(sampler: TaskDatasetSampler) -> None:
@@ -244,7 +261,7 @@ def test_sampler_names_and_missing_learn2learn(
     reason = missing_learn2learn()
     assert "needs the learn2learn package" in reason and "make learn2learn" in reason
     with pytest.raises(UsageError, match="cannot import learn2learn .*make learn2learn"):
-        TaskDatasetSampler.from_characters(images, classes, 2, 1, 1)
+        from_characters(images, classes, 2, 1, 1)
     assert glyphs.check_config(GlyphsConfig(sampler="learn2learn", drawings=20)) == reason
     assert glyphs.check_config(GlyphsConfig()) == ""
 
@@ -262,7 +279,7 @@ def test_real_omniglot_classes_with_rotations() -> None:
         pytest.skip(f"the Omniglot small background sets are not in {DATA}")
     config = OmniglotConfig(data_root=str(DATA), rotations=True, ways=20, shots=5, download="never")
     suite = OmniglotSuite(config)
-    sampler = TaskDatasetSampler.from_characters(suite.data.images, suite.classes, ways=20, shots=5, query=15)
+    sampler = TaskDatasetSampler(suite.pools, ways=20, shots=5, query=15)
     lookup = make_lookup(suite.data.images)
     native = suite.sample(4, torch.Generator().manual_seed(0), "train")
     ours = sampler.sample(4, torch.Generator().manual_seed(0), "train")

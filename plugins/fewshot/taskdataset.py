@@ -1,10 +1,10 @@
 """learn2learn's TaskDataset (Arnold, Mahajan, Datta, Bunner & Zarkias 2020, "learn2learn: A Library for
 Meta-Learning Research", arXiv:2008.12284) as an alternative episode sampler for the image suites.
 
-A helper module the suites import, not a plugin. `TaskDatasetSampler` takes a suite's class list (uint8
-images and, per split, the images and quarter turns of every class) and draws episodes with
+A helper module the suites import, not a plugin. `TaskDatasetSampler` takes a suite's class pools (one
+`ClassPool` per split) and draws episodes with
 `TaskDataset(MetaDataset(...), [NWays, KShots(shots + query), LoadData, RemapLabels, ConsecutiveLabels])`,
-returning the same `TaskBatch` layout as the suites' own vectorised samplers.
+returning the same `TaskBatch` layout as the native sampler (`ClassPool.sample`).
 learn2learn draws with Python's global `random` module; each `sample` call reseeds it from the harness's
 torch generator and restores it afterwards, so episodes are a pure function of that generator.
 """
@@ -14,7 +14,7 @@ from __future__ import annotations
 import importlib.util
 import itertools
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -22,6 +22,7 @@ from torch.utils.data import Dataset
 
 from harness import HarnessError, TaskBatch, UsageError
 from metaharness_plugins._learn2learn import import_learn2learn
+from metaharness_plugins.fewshot.pool import ClassPool, episodes
 
 SAMPLERS = ("native", "learn2learn")
 INSTALL_HINT = "make learn2learn (or python scripts/install_learn2learn.py): learn2learn 0.2.0 from its sdist"
@@ -48,14 +49,15 @@ def _positive(name: str, value: object) -> None:
 class ClassImages(Dataset):
     """One split's classes as a flat labelled dataset, the form learn2learn's MetaDataset wraps.
 
-    `rows[c]` are the rows of `images` (uint8 [N, H, W] or [N, C, H, W]) holding class c's images, and
-    `turns[c]` its quarter turns: item i, counted class by class, is (image, c) with the image rotated by
-    turns * 90 degrees counter-clockwise, as `torch.rot90` and the suites' native samplers turn them.
-    Images are read from `images` at access time, so a suite may fill rows lazily before sampling them.
+    Item i, counted class by class, is (image, c) with class c's image turned by its quarter turns
+    counter-clockwise, as `torch.rot90` and the native sampler turn them. Images are read from the pool at
+    access time, so rows a suite fills lazily are seen once filled.
     """
 
-    def __init__(self, images: torch.Tensor, rows: Sequence[Sequence[int]], turns: Sequence[int]) -> None:
-        self.images = images
+    def __init__(self, pool: ClassPool) -> None:
+        self.images = pool.images
+        rows = [range(o, o + n) for o, n in zip(pool.offsets.tolist(), pool.counts.tolist())]
+        turns = pool.turns.tolist()
         # Python ints: items are read one at a time in learn2learn's loop, where tensor indexing costs more.
         self.rows = [int(r) for class_rows in rows for r in class_rows]
         self.labels = [label for label, class_rows in enumerate(rows) for _ in class_rows]
@@ -76,35 +78,21 @@ class ClassImages(Dataset):
         return {label: list(range(starts[label], starts[label + 1])) for label in range(len(self.sizes))}
 
 
-def _check_uint8(images: object, layout: str, dims: tuple[int, ...]) -> None:
-    if not isinstance(images, torch.Tensor) or images.dtype != torch.uint8 or images.dim() not in dims:
-        got = f"{images.dtype} {tuple(images.shape)}" if isinstance(images, torch.Tensor) else images
-        raise ValueError(f"images must be a uint8 tensor {layout}, got {got}")
-
-
-def _check_vectors(split: str, names: str, *vectors: torch.Tensor) -> None:
-    shape = vectors[0].shape
-    if any(v.dim() != 1 or v.shape != shape or v.dtype.is_floating_point for v in vectors):
-        raise ValueError(f"split {split!r}: {names} must be integer tensors of one length, got "
-                         f"{' and '.join(str(tuple(v.shape)) for v in vectors)}")
-
-
 class TaskDatasetSampler:
     """N-way K-shot episodes of a suite's classes, drawn by learn2learn's TaskDataset.
 
-    Built from the split's classes as `ClassImages`, or from a suite's own layout by `from_characters`
-    (Omniglot, glyphs) or `from_class_slices` (the learn2learn-format image sets). `sample` returns what
-    the suites' native `sample` returns: support_x [n, ways*shots, C, H, W] float32 in [0, 1] (C = 1 for
-    [N, H, W] images), labels int64 0..ways-1 class-major (all shots of label 0 first), query_x likewise
+    `sample` returns what the native `ClassPool.sample` returns: support_x [n, ways*shots, C, H, W]
+    float32 in [0, 1], labels int64 0..ways-1 class-major (all shots of label 0 first), query_x likewise
     with `query` images per class.
     """
 
-    def __init__(self, splits: Mapping[str, ClassImages], ways: int, shots: int, query: int) -> None:
+    def __init__(self, pools: Mapping[str, ClassPool], ways: int, shots: int, query: int) -> None:
         for name, value in (("ways", ways), ("shots", shots), ("query", query)):
             _positive(name, value)
-        if not splits:
+        if not pools:
             raise ValueError("the sampler needs at least one split of classes")
         per_class = shots + query
+        splits = {split: ClassImages(pool) for split, pool in pools.items()}
         for split, items in splits.items():
             if len(items.sizes) < ways:
                 raise ValueError(f"{ways}-way episodes need {ways} classes, but split {split!r} has "
@@ -120,6 +108,7 @@ class TaskDatasetSampler:
             raise UsageError(f"sampler 'learn2learn' cannot import learn2learn ({exc}); "
                              f"run {INSTALL_HINT}") from exc
         self.ways, self.shots, self.query = ways, shots, query
+        self.pools = dict(pools)
         self.version = str(learn2learn.__version__)
         self.tasksets: dict[str, Any] = {}
         for split, items in splits.items():
@@ -133,63 +122,20 @@ class TaskDatasetSampler:
             # num_tasks=-1: a fresh task at every draw rather than a fixed, cached set of task descriptions.
             self.tasksets[split] = learn2learn.data.Taskset(meta, transforms, num_tasks=-1)
 
-    @classmethod
-    def from_characters(
-        cls,
-        images: torch.Tensor,
-        classes: Mapping[str, tuple[torch.Tensor, torch.Tensor]],
-        ways: int,
-        shots: int,
-        query: int,
-    ) -> TaskDatasetSampler:
-        """`images`: uint8 [characters, drawings, H, W]; `classes[split]`: (character index of each class,
-        its quarter turns 0-3), as `OmniglotSuite.classes` holds them."""
-        _check_uint8(images, "[characters, drawings, H, W]", (4,))
-        characters, drawings = int(images.shape[0]), int(images.shape[1])
-        flat = images.flatten(0, 1)  # a view: rows a suite fills later are seen
-        splits = {}
-        for split, (chars, turns) in classes.items():
-            _check_vectors(split, "characters and turns", chars, turns)
-            if len(chars) and (int(chars.min()) < 0 or int(chars.max()) >= characters):
-                raise ValueError(f"split {split!r}: character indices must lie in 0..{characters - 1}")
-            if len(turns) and (int(turns.min()) < 0 or int(turns.max()) > 3):
-                raise ValueError(f"split {split!r}: quarter turns must lie in 0..3")
-            rows = [range(c * drawings, (c + 1) * drawings) for c in chars.tolist()]
-            splits[split] = ClassImages(flat, rows, turns.tolist())
-        return cls(splits, ways, shots, query)
-
-    @classmethod
-    def from_class_slices(
-        cls,
-        splits: Mapping[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
-        ways: int,
-        shots: int,
-        query: int,
-    ) -> TaskDatasetSampler:
-        """`splits[split]`: (images uint8 [N, C, H, W] grouped by class, offsets, counts): class c holds
-        images[offsets[c] : offsets[c] + counts[c]], as the few-shot image suites keep their splits."""
-        items = {}
-        for split, (images, offsets, counts) in splits.items():
-            _check_uint8(images, "[N, C, H, W] or [N, H, W]", (3, 4))
-            _check_vectors(split, "offsets and counts", offsets, counts)
-            if len(offsets) and (int(offsets.min()) < 0 or int(counts.min()) < 0
-                                 or int((offsets + counts).max()) > len(images)):
-                raise ValueError(f"split {split!r}: every class's slice offsets[c] : offsets[c] + counts[c] "
-                                 f"must lie in its {len(images)} images")
-            rows = [range(o, o + n) for o, n in zip(offsets.tolist(), counts.tolist())]
-            items[split] = ClassImages(images, rows, [0] * len(rows))
-        return cls(items, ways, shots, query)
-
     def sample(self, n_tasks: int, generator: torch.Generator, split: str) -> TaskBatch:
         """`n_tasks` episodes of `split`; a pure function of the generator's state, which it advances."""
         if split not in self.tasksets:
             raise ValueError(f"unknown split {split!r}; valid splits: {', '.join(self.tasksets)}")
         _positive("n_tasks", n_tasks)
+        pool = self.pools[split]
+        if pool.fill is not None:
+            # TaskDataset indexes a materialised dataset: every class of the split, filled on first use.
+            pool.fill(torch.arange(pool.num_classes))
         seed = int(torch.randint(0, 2**62, (), generator=generator))
         state = random.getstate()
         try:
             random.seed(seed)
-            episodes = [self.tasksets[split].sample() for _ in range(n_tasks)]
+            drawn = [self.tasksets[split].sample() for _ in range(n_tasks)]
         finally:
             # The global `random` state is everyone's (the runner seeds it): leave it as it was. This also
             # makes the sampler unsafe to call from several threads at once.
@@ -197,7 +143,7 @@ class TaskDatasetSampler:
         per_class = self.shots + self.query
         expected = torch.arange(self.ways).repeat_interleave(per_class)
         x = []
-        for images, labels in episodes:
+        for images, labels in drawn:
             # ConsecutiveLabels groups classes by their original label, so the new labels come in random
             # order; a stable sort by new label gives the class-major layout and keeps KShots' order inside.
             order = torch.argsort(labels, stable=True)
@@ -205,20 +151,7 @@ class TaskDatasetSampler:
                 raise HarnessError(f"learn2learn {self.version} returned labels {labels.tolist()}; expected "
                                    f"{per_class} images of each of {self.ways} labels 0..{self.ways - 1}")
             x.append(images[order])
-        shape = x[0].shape[1:] if x[0].dim() == 4 else (1, *x[0].shape[1:])  # [C, H, W] of one image
-        batch = torch.stack(x).view(n_tasks, self.ways, per_class, *shape)  # uint8
-
-        def floats(part: torch.Tensor, count: int) -> torch.Tensor:
-            # Split while still uint8, then convert: one float32 copy of the output instead of two.
-            return part.reshape(n_tasks, self.ways * count, *shape).to(torch.float32).div_(255.0)
-
-        labels = torch.arange(self.ways)
-        return TaskBatch(
-            support_x=floats(batch[:, :, : self.shots], self.shots),
-            support_y=labels.repeat_interleave(self.shots).expand(n_tasks, -1).clone(),
-            query_x=floats(batch[:, :, self.shots :], self.query),
-            query_y=labels.repeat_interleave(self.query).expand(n_tasks, -1).clone(),
-        )
+        return episodes(torch.stack(x).view(n_tasks, self.ways, per_class, *x[0].shape[1:]), self.shots)
 
     def describe(self) -> dict[str, object]:
         """What a record says about the sampler."""

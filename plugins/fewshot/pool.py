@@ -1,0 +1,127 @@
+"""A split's classes as one pool of uint8 images, and the native vectorised N-way K-shot sampler over it.
+
+A pool is what every image suite reduces its data to: rows of uint8 images [N, C, H, W] (255 = full
+intensity), and per class the slice of rows it owns (offset, count) and the quarter turns it is shown
+with (Omniglot's rotated copies are classes of their own). Episodes are drawn from a torch generator
+alone, so they are a pure function of (pool, episode sizes, generator state).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from harness import TaskBatch
+
+
+@dataclass(frozen=True)
+class ClassPool:
+    """One split's classes: class c is images[offsets[c] : offsets[c] + counts[c]] turned by turns[c]
+    quarter turns counter-clockwise (`torch.rot90`). `fill(classes)`, when given, is called with the
+    class indices an episode is about to read, so a suite can produce rows lazily (glyph pools)."""
+
+    images: torch.Tensor  # uint8 [N, C, H, W]
+    offsets: torch.Tensor  # int64 [classes]
+    counts: torch.Tensor  # int64 [classes]
+    turns: torch.Tensor  # int64 [classes], 0..3
+    fill: Callable[[torch.Tensor], None] | None = None
+
+    def __post_init__(self) -> None:
+        images = self.images
+        if not isinstance(images, torch.Tensor) or images.dtype != torch.uint8 or images.dim() != 4:
+            got = f"{images.dtype} {tuple(images.shape)}" if isinstance(images, torch.Tensor) else repr(images)
+            raise ValueError(f"a class pool's images must be a uint8 tensor [N, C, H, W], got {got}")
+        vectors = (self.offsets, self.counts, self.turns)
+        if any(v.dim() != 1 or v.shape != self.offsets.shape or v.dtype != torch.int64 for v in vectors):
+            raise ValueError("offsets, counts and turns must be int64 vectors of one length, got "
+                             + " and ".join(f"{v.dtype} {tuple(v.shape)}" for v in vectors))
+        if len(self.offsets) and (int(self.offsets.min()) < 0 or int(self.counts.min()) < 1
+                                  or int((self.offsets + self.counts).max()) > len(images)):
+            raise ValueError(f"every class's rows offsets[c] : offsets[c] + counts[c] must be a non-empty "
+                             f"slice of the pool's {len(images)} images")
+        if len(self.turns) and (int(self.turns.min()) < 0 or int(self.turns.max()) > 3):
+            raise ValueError("quarter turns must lie in 0..3")
+
+    @classmethod
+    def of_characters(
+        cls,
+        images: torch.Tensor,
+        characters: torch.Tensor,
+        turns: torch.Tensor | None = None,
+        fill: Callable[[torch.Tensor], None] | None = None,
+    ) -> ClassPool:
+        """Classes that each own one row of `images` uint8 [characters, drawings, (C,) H, W]: class i is
+        character characters[i] (all its drawings) turned by turns[i] (default 0). A view, not a copy."""
+        if images.dim() == 4:
+            images = images.unsqueeze(2)
+        drawings = int(images.shape[1])
+        characters = characters.to(torch.int64)
+        turns = torch.zeros_like(characters) if turns is None else turns.to(torch.int64)
+        if len(characters) and (int(characters.min()) < 0 or int(characters.max()) >= len(images)):
+            raise ValueError(f"character indices must lie in 0..{len(images) - 1}")
+        character_fill = None
+        if fill is not None:
+            def character_fill(classes: torch.Tensor) -> None:
+                fill(characters[classes])
+        return cls(images.flatten(0, 1), characters * drawings, torch.full_like(characters, drawings), turns,
+                   character_fill)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.counts)
+
+    def smallest_class(self) -> tuple[int, int]:
+        """(index, image count) of the class with the fewest images."""
+        smallest = int(self.counts.argmin())
+        return smallest, int(self.counts[smallest])
+
+    def sample(self, n_tasks: int, ways: int, shots: int, query: int, generator: torch.Generator) -> TaskBatch:
+        """`n_tasks` episodes of `ways` distinct classes with `shots` + `query` distinct images each.
+
+        support_x [n, ways*shots, C, H, W] float32 in [0, 1], labels int64 0..ways-1 class-major (all
+        shots of label 0 first), query_x likewise with `query` images per class. Sorting uniform float64
+        keys (stably) gives a uniform random permutation per row: its first `ways` entries are distinct
+        classes in random order, so label = position is already a random relabelling; the same within
+        each class, where keys past the class's own count are pushed to the end (2 > any uniform key).
+        """
+        per_class = shots + query
+        keys = torch.rand(n_tasks, self.num_classes, generator=generator, dtype=torch.float64)
+        picked = keys.argsort(dim=1, stable=True)[:, :ways]
+        counts = self.counts[picked].unsqueeze(-1)
+        most = int(self.counts.max())
+        keys = torch.rand(n_tasks, ways, most, generator=generator, dtype=torch.float64)
+        if int(self.counts.min()) != most:
+            keys.masked_fill_(torch.arange(most) >= counts, 2.0)
+        positions = keys.argsort(dim=2, stable=True)[..., :per_class]
+        if self.fill is not None:
+            self.fill(picked.unique())
+        x = self.images[self.offsets[picked].unsqueeze(-1) + positions]  # uint8 [n, ways, per_class, C, H, W]
+        quarter_turns = self.turns[picked]
+        for k in (1, 2, 3):
+            mask = quarter_turns == k
+            if bool(mask.any()):
+                x[mask] = torch.rot90(x[mask], k, dims=(-2, -1))
+        return episodes(x, shots)
+
+
+def episodes(x: torch.Tensor, shots: int) -> TaskBatch:
+    """The TaskBatch of uint8 (or float) images x [n, ways, shots + query, C, H, W]: the first `shots`
+    of each class support, the rest query, float32 in [0, 1], labels class-major."""
+    n, ways, per_class = x.shape[:3]
+    shape = x.shape[3:]
+    query = per_class - shots
+
+    def floats(part: torch.Tensor, count: int) -> torch.Tensor:
+        # Split while still uint8 (1 byte a pixel), then convert each part once to float32.
+        part = part.reshape(n, ways * count, *shape)
+        return part.to(torch.float32).div_(255.0) if part.dtype == torch.uint8 else part
+
+    labels = torch.arange(ways)
+    return TaskBatch(
+        support_x=floats(x[:, :, :shots], shots),
+        support_y=labels.repeat_interleave(shots).expand(n, -1).clone(),
+        query_x=floats(x[:, :, shots:], query),
+        query_y=labels.repeat_interleave(query).expand(n, -1).clone(),
+    )

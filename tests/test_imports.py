@@ -1,0 +1,93 @@
+"""The import rules of the code base, checked by walking every module's syntax tree: the core never
+imports a bundled plugin, no plugin module imports another plugin module, and the helper modules the
+plugins share (plugins/fewshot/, backbones, hparams, ...) define no hooks and import no plugin module."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+from harness.registry import bundled_modules
+from tests.conftest import REPO
+
+PACKAGE = "metaharness_plugins"  # the import name of the plugins/ folder (pyproject's package-dir)
+
+
+def module_names(folder: Path, package: str) -> dict[str, Path]:
+    """Dotted module name -> file of every .py file under `folder`, imported as `package`."""
+    names = {}
+    for path in sorted(folder.rglob("*.py")):
+        parts = list(path.relative_to(folder).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        names[".".join([package, *parts])] = path
+    return names
+
+
+def imported(path: Path, module: str, known: set[str]) -> set[str]:
+    """Every module `path` (module `module`) imports, anywhere in it (functions included), relative
+    imports resolved; `from package import name` counts as importing package.name when that is a module."""
+    found = set()
+    package = module if path.name == "__init__.py" else module.rsplit(".", 1)[0]
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join([*anchor, base] if base else anchor)
+            found.add(base)
+            found.update(f"{base}.{alias.name}" for alias in node.names if f"{base}.{alias.name}" in known)
+    return found
+
+
+def defines_hooks(path: Path) -> list[str]:
+    return [node.name for node in ast.walk(ast.parse(path.read_text(), str(path)))
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name.startswith("harness_")]
+
+
+def violations(core: dict[str, Path], plugins: dict[str, Path], plugin_modules: set[str]) -> list[str]:
+    """What breaks the rules, one line each."""
+    known = set(plugins) | set(core)
+    found = []
+    for module, path in core.items():
+        for name in sorted(imported(path, module, known)):
+            if name == PACKAGE or name.startswith(PACKAGE + "."):
+                found.append(f"{path}: the core imports the bundled plugin package ({name})")
+    for module, path in plugins.items():
+        for name in sorted(imported(path, module, known) & plugin_modules - {module}):
+            kind = "plugin" if module in plugin_modules else "helper"
+            found.append(f"{path}: {kind} module {module} imports plugin module {name}")
+        if module not in plugin_modules and defines_hooks(path):
+            found.append(f"{path}: helper module {module} defines hooks {', '.join(defines_hooks(path))}")
+    return found
+
+
+def test_the_code_base_keeps_its_import_rules() -> None:
+    core = module_names(REPO / "harness", "harness")
+    plugins = module_names(REPO / "plugins", PACKAGE)
+    plugin_modules = set(bundled_modules())
+    assert plugin_modules and plugin_modules <= set(plugins)  # every entry point is a module of plugins/
+    assert {"metaharness_plugins.fewshot.pool", "metaharness_plugins.backbones"} <= set(plugins) - plugin_modules
+    assert violations(core, plugins, plugin_modules) == []
+
+
+def test_the_check_finds_each_kind_of_violation(tmp_path: Path) -> None:
+    """The walk sees imports inside functions, relative imports and `from package import module`."""
+    (tmp_path / "harness").mkdir()
+    (tmp_path / "harness" / "runner.py").write_text("def f():\n    import metaharness_plugins.suites.a\n")
+    plugins = tmp_path / "plugins"
+    (plugins / "suites").mkdir(parents=True)
+    (plugins / "suites" / "__init__.py").write_text("")
+    (plugins / "suites" / "a.py").write_text("from . import b\n\ndef harness_register_task_suites():\n    return []\n")
+    (plugins / "suites" / "b.py").write_text("from metaharness_plugins.helper import x\n")
+    (plugins / "helper.py").write_text("from metaharness_plugins.suites import a\n\ndef harness_configure():\n    pass\n")
+    found = violations(module_names(tmp_path / "harness", "harness"), module_names(plugins, PACKAGE),
+                       {"metaharness_plugins.suites.a", "metaharness_plugins.suites.b"})
+    text = "\n".join(found)
+    assert "the core imports the bundled plugin package (metaharness_plugins.suites.a)" in text
+    assert "plugin module metaharness_plugins.suites.a imports plugin module metaharness_plugins.suites.b" in text
+    assert "helper module metaharness_plugins.helper imports plugin module metaharness_plugins.suites.a" in text
+    assert "helper module metaharness_plugins.helper defines hooks harness_configure" in text
+    assert len(found) == 4  # b importing the helper is allowed
