@@ -49,28 +49,23 @@ def _positive(name: str, value: object) -> None:
 class ClassImages(Dataset):
     """One split's classes as a flat labelled dataset, the form learn2learn's MetaDataset wraps.
 
-    Item i, counted class by class, is (image, c) with class c's image turned by its quarter turns
-    counter-clockwise, as `torch.rot90` and the native sampler turn them. Images are read from the pool at
-    access time, so rows a suite fills lazily are seen once filled.
+    Item i, counted class by class, is (image, c). Images are read from the pool at access time, so rows
+    a suite fills lazily are seen once filled.
     """
 
     def __init__(self, pool: ClassPool) -> None:
         self.images = pool.images
         rows = [range(o, o + n) for o, n in zip(pool.offsets.tolist(), pool.counts.tolist())]
-        turns = pool.turns.tolist()
         # Python ints: items are read one at a time in learn2learn's loop, where tensor indexing costs more.
         self.rows = [int(r) for class_rows in rows for r in class_rows]
         self.labels = [label for label, class_rows in enumerate(rows) for _ in class_rows]
-        self.turns = [int(k) for k in turns]
         self.sizes = [len(class_rows) for class_rows in rows]
 
     def __len__(self) -> int:
         return len(self.rows)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        label = self.labels[index]
-        image, turns = self.images[self.rows[index]], self.turns[label]
-        return (torch.rot90(image, turns, dims=(-2, -1)) if turns else image), label
+        return self.images[self.rows[index]], self.labels[index]
 
     def labels_to_indices(self) -> dict[int, list[int]]:
         """Class -> its item indices, so MetaDataset need not load every item to find the labels."""

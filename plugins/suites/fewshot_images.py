@@ -350,7 +350,7 @@ class FewShotImagesSuite(FewShotSuite):
         self.root = find_data_root(cfg)
         cache_dir = cache_folder(cfg.cache_dir, cfg.dataset)
         self.splits = {s: load_split(self.data_set, self.root, s, cfg.image_size, cache_dir) for s in SPLITS}
-        self.set_pools({split: ClassPool(d.images, d.offsets, d.counts, torch.zeros_like(d.counts))
+        self.set_pools({split: ClassPool(d.images, d.offsets, d.counts)
                         for split, d in self.splits.items()}, self.data_set.title,
                        name=lambda split, c: self.splits[split].names[c])
 
