@@ -4,6 +4,9 @@ VENV ?= .venv
 # The torch release the harness is tested with, and the torchvision built for it (learn2learn imports
 # torchvision; PyPI's Linux torchvision only loads beside PyPI's own torch build of the same release).
 TORCH ?= torch==2.14.1 torchvision==0.29.1
+# torchmeta's last release (1.8.0) pins torch < 1.10 and torchvision < 0.11: set-up installs it with
+# --no-deps, and the `peers` extra brings what it needs at run time (plugins/algorithms/torchmeta_maml.py).
+TORCHMETA ?= torchmeta==1.8.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
@@ -14,8 +17,9 @@ setup: $(STAMP)
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet $(TORCH)
-	$(BIN)/python -m pip install --quiet -e ".[test,learn2learn]"
+	$(BIN)/python -m pip install --quiet -e ".[test,learn2learn,peers]"
 	$(BIN)/python scripts/install_learn2learn.py
+	$(BIN)/python -m pip install --quiet --no-deps $(TORCHMETA)
 	touch $(STAMP)
 
 run: $(STAMP)
