@@ -30,6 +30,7 @@ import signal
 import sys
 import time
 import traceback
+from collections.abc import Sequence
 from typing import Any
 
 #: How long past the timeout the harness waits for a supervisor's report before killing it itself.
@@ -63,12 +64,55 @@ def describe_exit(returncode: int | None) -> str:
     return f"killed by {sig.name}" + (f" ({why})" if why else "")
 
 
+#: Modules the fork server imports quietly in `warm_up` (comma-separated; set only while it is spawned).
+WARM_IMPORTS_ENV = "HARNESS_FORKSERVER_IMPORTS"
+
+
 def preload_modules() -> list[str]:
-    """What the fork server imports once: torch, the harness, the core and bundled plugins (not `-p` files)."""
+    """What the fork server imports once: torch, the harness, the core and bundled plugins (not `-p`
+    files), then the warm-up."""
     from harness.registry import BUILTIN_PLUGINS, bundled_modules
 
     modules = ["harness.runner", "harness.cellprocess", *BUILTIN_PLUGINS, *bundled_modules()]
-    return ["torch", "torch._inductor", *dict.fromkeys(modules)]
+    return ["torch", "torch._inductor", "psutil", *dict.fromkeys(modules), "harness.forkserver_warmup"]
+
+
+def warm_up() -> None:
+    """In the fork server: import the run's optional libraries, remember the plugins' entry points and the
+    static environment, and run a tiny forward and backward pass through `torch.func` and a convolution
+    on one thread, so the lazy initialisation of those paths and the first touch of their code happen once
+    here instead of in every cell (see the README for the fixed cost of a cell, before and after)."""
+    import importlib
+    import io
+
+    import torch
+    from torch.func import functional_call, grad, vmap
+
+    from harness.registry import remember_entry_points
+    from harness.results import remember_environment
+
+    for name in filter(None, os.environ.pop(WARM_IMPORTS_ENV, "").split(",")):
+        # Quietly: what an import prints (gym's banner when learn2learn imports it) would reach the terminal
+        # once, from no cell; a module that fails here is imported, and fails, in the cell that needs it.
+        with contextlib.suppress(Exception), contextlib.redirect_stderr(io.StringIO()):
+            importlib.import_module(name)
+    remember_entry_points()
+    remember_environment()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # no thread pool is started here, so none is lost across the fork
+    try:
+        model = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.BatchNorm2d(2, track_running_stats=False),
+                                    torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(2 * 4 * 4, 2))
+        params = dict(model.named_parameters())
+        x, y = torch.rand(3, 1, 6, 6), torch.tensor([0, 1, 0])
+
+        def loss(p: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            return torch.nn.functional.cross_entropy(functional_call(model, p, (x,)), y)
+
+        grads = vmap(grad(loss), in_dims=(None, 0, 0))(params, x.unsqueeze(0), y.unsqueeze(0))
+        torch.autograd.grad(sum(g.sum() for g in grads.values()) + loss(params, x, y), list(params.values()))
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _mp_context() -> Any:
@@ -81,8 +125,9 @@ def _mp_context() -> Any:
     return multiprocessing.get_context("spawn")
 
 
-def start_fork_server() -> None:
-    """Start the fork server now (it imports torch meanwhile), if cells start from one here.
+def start_fork_server(extra: Sequence[str] = ()) -> None:
+    """Start the fork server now (it imports torch meanwhile), if cells start from one here; it also
+    imports `extra` modules, those the run's plugins import lazily (learn2learn), once for all cells.
 
     The server starts with SIGINT ignored, which Python then keeps: a Ctrl-C while it imports torch must
     not print a traceback from it (the harness process handles the Ctrl-C and stops the cells). Here
@@ -96,9 +141,11 @@ def start_fork_server() -> None:
 
     blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     handler = signal.signal(signal.SIGINT, signal.SIG_IGN)  # what the server inherits through exec
+    os.environ[WARM_IMPORTS_ENV] = ",".join(extra)  # read (and dropped) by the server's warm_up
     try:
         forkserver.ensure_running()
     finally:
+        os.environ.pop(WARM_IMPORTS_ENV, None)
         signal.signal(signal.SIGINT, handler)
         signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
 
@@ -107,6 +154,20 @@ def _in_main_thread() -> bool:
     import threading
 
     return threading.current_thread() is threading.main_thread()
+
+
+#: Supervisors that reported their cell's tree gone and are exiting on their own.
+_EXITING: list[Any] = []
+
+
+def join_supervisors(timeout: float = STOP_GRACE_S) -> None:
+    """Wait for the supervisors of finished cells to exit (killing one that has not within `timeout`)."""
+    while _EXITING:
+        process = _EXITING.pop()
+        process.join(timeout)
+        if process.is_alive():
+            process.kill()
+            process.join()
 
 
 def run_in_process_tree(cell: Any, load_args: dict[str, Any]) -> dict[str, Any]:
@@ -118,6 +179,7 @@ def run_in_process_tree(cell: Any, load_args: dict[str, Any]) -> dict[str, Any]:
     """
     ctx = _mp_context()
     start_fork_server()
+    join_supervisors()  # the previous cell's, which have had the time of this cell's start to exit
     timeout = float(cell.budget.timeout)
     outcome_r, outcome_w = ctx.Pipe(duplex=False)
     status_r, status_w = ctx.Pipe(duplex=False)
@@ -152,8 +214,14 @@ def run_in_process_tree(cell: Any, load_args: dict[str, Any]) -> dict[str, Any]:
             outcome = _receive(outcome_r, waiting)  # sent just before the worker exited
     finally:
         life_w.close()  # the supervisor kills whatever is left of the cell, and exits
-        process.join(STOP_GRACE_S)
-        if process.is_alive():
+        if ended is not None and ended.get("how") != "timeout":
+            # It reported the cell's tree killed and reaped; its own exit (tens of milliseconds to tear down a
+            # copy of the fork server) need not hold up the next cell: it is joined by `join_supervisors`.
+            _EXITING.append(process)
+            process = None
+        else:
+            process.join(STOP_GRACE_S)
+        if process is not None and process.is_alive():
             process.kill()
             process.join()
             if worker:
@@ -164,7 +232,7 @@ def run_in_process_tree(cell: Any, load_args: dict[str, Any]) -> dict[str, Any]:
     if outcome is not None:
         return outcome
     if ended is None:
-        reason = f"cell supervisor ended before reporting ({describe_exit(process.exitcode)})"
+        reason = f"cell supervisor ended before reporting ({describe_exit(process.exitcode if process else None)})"
         return {"status": "failed", "reason": reason, "result": {}, "environment": {}}
     if ended["how"] == "timeout":
         return {"status": "timeout", "reason": f"cell exceeded its timeout of {timeout:g} s and its processes were "

@@ -277,14 +277,32 @@ class HarnessPluginManager(pluggy.PluginManager):
         return Path(_lookup(self.grids, "grid", name).spec)
 
 
+#: `plugin_entry_points()` as a long-lived process found them once for its children (`remember_entry_points`).
+_REMEMBERED_ENTRY_POINTS: tuple[list[importlib.metadata.EntryPoint], list[importlib.metadata.EntryPoint]] | None = None
+
+
 def plugin_entry_points() -> tuple[list[importlib.metadata.EntryPoint], list[importlib.metadata.EntryPoint]]:
     """(the harness distribution's own `harness.plugins` entry points, every other package's), each sorted
     by name. A bundled plugin that fails to load is listed as failed, like any other entry point."""
+    if _REMEMBERED_ENTRY_POINTS is not None:
+        return _REMEMBERED_ENTRY_POINTS
     bundled, others = [], []
+    names: dict[int, str] = {}  # a distribution's name, parsed from its metadata once, not once per entry point
     for ep in sorted(importlib.metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
         dist = getattr(ep, "dist", None)
-        (bundled if dist is not None and dist.name == DISTRIBUTION else others).append(ep)
+        key = id(dist)  # the entry points of one distribution share its object
+        if dist is not None and key not in names:
+            names[key] = dist.name
+        (bundled if dist is not None and names[key] == DISTRIBUTION else others).append(ep)
     return bundled, others
+
+
+def remember_entry_points() -> None:
+    """Find the entry points now and reuse them in this process and its forks (the fork server calls this:
+    the plugins its cells load are those installed when the run started)."""
+    global _REMEMBERED_ENTRY_POINTS
+    _REMEMBERED_ENTRY_POINTS = None
+    _REMEMBERED_ENTRY_POINTS = plugin_entry_points()
 
 
 def bundled_modules() -> list[str]:

@@ -96,25 +96,20 @@ def git_state() -> dict[str, Any] | None:
     return {"sha": sha.strip(), "dirty": None if status is None else bool(status.strip())}
 
 
-def capture_environment(backend_info: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """Describe the software and machine a record was produced on (no hostname, for privacy).
+#: The parts of `capture_environment` that cannot change while a process runs, when a long-lived process
+#: (the fork server cells start from) computed them once for its children: see `remember_environment`.
+_STATIC_ENVIRONMENT: dict[str, Any] | None = None
 
-    `backend_info` is the backend's `describe()`; its `gpu`, `gpu_name` or (when it is not the CPU)
-    `device_name` becomes the GPU name. Never raises for a missing tool or package.
-    """
+
+def _static_environment() -> dict[str, Any]:
+    """Software, packages, plugins, CPU model and git state: the same for every cell of a run."""
     import torch
 
     from harness import __version__
 
-    info = dict(backend_info or {})
     cudnn = None
     with contextlib.suppress(Exception):  # probing fails on broken CUDA installs; the record still matters
         cudnn = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
-    cpu = cpu_model()
-    gpu = info.get("gpu") or info.get("gpu_name")
-    if not gpu and info.get("device_name") and info.get("device_name") != cpu:
-        gpu = info["device_name"]
-    affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
     return {
         "python": platform.python_version(),
         "python_implementation": platform.python_implementation(),
@@ -126,6 +121,39 @@ def capture_environment(backend_info: Mapping[str, Any] | None = None) -> dict[s
         "cudnn": cudnn,
         "packages": {name: _dist_version(name) for name in ("numpy", "pandas", "pluggy", "tabulate")},
         "plugins": plugin_distributions(),
+        "cpu_model": cpu_model(),
+        "git": git_state(),
+    }
+
+
+def remember_environment() -> None:
+    """Compute the static part of the environment now and reuse it in this process and its forks.
+
+    The fork server calls this once: its children run the code it imported at the start of the run, so
+    the git state and package versions of that moment are the ones that describe them (and every cell
+    is spared the git subprocesses and package scans, tens of milliseconds)."""
+    global _STATIC_ENVIRONMENT
+    _STATIC_ENVIRONMENT = _static_environment()
+
+
+def capture_environment(backend_info: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Describe the software and machine a record was produced on (no hostname, for privacy).
+
+    `backend_info` is the backend's `describe()`; its `gpu`, `gpu_name` or (when it is not the CPU)
+    `device_name` becomes the GPU name. Never raises for a missing tool or package.
+    """
+    import torch
+
+    static = dict(_STATIC_ENVIRONMENT if _STATIC_ENVIRONMENT is not None else _static_environment())
+    info = dict(backend_info or {})
+    cpu = static.pop("cpu_model")
+    git = static.pop("git")
+    gpu = info.get("gpu") or info.get("gpu_name")
+    if not gpu and info.get("device_name") and info.get("device_name") != cpu:
+        gpu = info["device_name"]
+    affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+    return {
+        **static,
         "cpu": {
             "model": cpu,
             "logical_cpus": os.cpu_count(),
@@ -134,7 +162,7 @@ def capture_environment(backend_info: Mapping[str, Any] | None = None) -> dict[s
         },
         "gpu": gpu,
         "backend": _jsonable(info, "backend_info"),
-        "git": git_state(),
+        "git": git,
         "date": utc_now(),
     }
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from harness import interrupts
-from harness.cellprocess import start_fork_server
+from harness.cellprocess import join_supervisors, start_fork_server
 from harness.cells import FAILED_STATUSES, resolve_cell, run_one, skipped_record
 from harness.claims import Claim, ClaimBook
 from harness.errors import HarnessError
@@ -130,7 +130,7 @@ def run_grid(
     """
     stream = stream if stream is not None else sys.stderr
     if not in_process and grid.cells:
-        start_fork_server()  # it imports torch while the cells are planned
+        start_fork_server(_lazy_imports(grid, registry))  # it imports torch while the cells are planned
     remove_stale_temp_files([store.root])
     planned = plan(grid, registry, store, force=force)
     outcome = GridRun()
@@ -159,9 +159,18 @@ def run_grid(
                                          exclusive)
     finally:
         claims.release_all()
+        join_supervisors()
         show.close()
     registry.hook.harness_grid_finished(records=outcome.records)
     return outcome
+
+
+def _lazy_imports(grid: Grid, registry: Any) -> list[str]:
+    """The optional modules the grid's algorithms and suites require (they import them lazily), for the
+    fork server to import once rather than every cell again."""
+    names = {m for c in grid.cells for reg in (registry.algorithm(c.algorithm), registry.suite(c.suite))
+             for m in reg.spec.requires}
+    return sorted(names)
 
 
 def _run_claimable(items: list[PlannedCell], registry: Any, store: ResultStore, claims: ClaimBook, watch: _Watch,
