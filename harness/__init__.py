@@ -1,8 +1,8 @@
 """metaharness: a plugin-based benchmarking harness for meta-learning in PyTorch.
 
-The public API for plugin authors is what this module exports. The names that need torch are imported
-on first use (PEP 562), so `import harness.cli` is instant and the command can take over Ctrl-C and
-termination signals before torch starts loading.
+The public API for plugin authors is what this module exports, imported on first use (PEP 562), so
+`import harness.cli` is instant and the command can take over Ctrl-C and termination signals at once.
+Nothing here imports torch: the base classes and specs import it only where they use it.
 """
 
 from __future__ import annotations
@@ -16,7 +16,17 @@ from harness.errors import GridError, HarnessError, PluginError, UsageError
 
 if TYPE_CHECKING:
     from harness.base import Algorithm, Backend, TaskSuite, split_classifier
-    from harness.specs import AlgorithmSpec, BackendSpec, Budget, Cell, TaskBatch, TaskSuiteSpec, check_ranges
+    from harness.specs import (
+        AlgorithmSpec,
+        BackendSpec,
+        Budget,
+        Cell,
+        LazyFactory,
+        TaskBatch,
+        TaskSuiteSpec,
+        check_ranges,
+        forward_attributes,
+    )
 
 __version__ = "0.1.0"
 
@@ -24,8 +34,8 @@ hookimpl = pluggy.HookimplMarker("harness")
 
 _LAZY = {
     **dict.fromkeys(("Algorithm", "Backend", "TaskSuite", "split_classifier"), "harness.base"),
-    **dict.fromkeys(("AlgorithmSpec", "BackendSpec", "Budget", "Cell", "TaskBatch", "TaskSuiteSpec", "check_ranges"),
-                    "harness.specs"),
+    **dict.fromkeys(("AlgorithmSpec", "BackendSpec", "Budget", "Cell", "LazyFactory", "TaskBatch", "TaskSuiteSpec",
+                     "check_ranges", "forward_attributes"), "harness.specs"),
 }
 
 
@@ -46,6 +56,7 @@ __all__ = [
     "Cell",
     "GridError",
     "HarnessError",
+    "LazyFactory",
     "PluginError",
     "TaskBatch",
     "TaskSuite",
@@ -53,6 +64,7 @@ __all__ = [
     "UsageError",
     "__version__",
     "check_ranges",
+    "forward_attributes",
     "hookimpl",
     "split_classifier",
 ]

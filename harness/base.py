@@ -8,12 +8,13 @@ meta-train step on a batch of tasks, `adapt` (the same inner loop at train and t
 from __future__ import annotations
 
 import abc
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-import torch
-from torch import nn
+if TYPE_CHECKING:  # imported where used: subclassing these must not import torch (see harness.specs.LazyFactory)
+    import torch
+    from torch import nn
 
-from harness.specs import TaskBatch
+    from harness.specs import TaskBatch
 
 
 class TaskSuite(abc.ABC):
@@ -112,6 +113,8 @@ class Algorithm(abc.ABC):
         return {k: v.detach().clone() for k, v in self.meta_parameters().items()}
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        import torch
+
         with torch.no_grad():
             for name, tensor in self.meta_parameters().items():
                 tensor.copy_(state[name])
@@ -134,6 +137,8 @@ class Backend(abc.ABC):
 
     def configure(self, *, threads: int | None, deterministic: bool) -> dict[str, Any]:
         """Apply thread count and determinism settings in the cell's process; return what was set."""
+        import torch
+
         if threads is not None:
             torch.set_num_threads(threads)
         torch.use_deterministic_algorithms(deterministic, warn_only=True)
@@ -163,6 +168,8 @@ def split_classifier(
     Classification suites build models of that shape; algorithms that treat the last layer apart
     (metric-based heads, head-only adaptation) split them here, with a clear error otherwise.
     """
+    from torch import nn
+
     if not isinstance(model, nn.Sequential) or len(model) < 2 or not isinstance(model[-1], nn.Linear):
         last = type(model[-1]).__name__ if isinstance(model, nn.Sequential) and len(model) else None
         raise TypeError(f"{algorithm} needs the suite's model to be an nn.Sequential ending in an nn.Linear "

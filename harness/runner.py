@@ -15,16 +15,18 @@ import traceback
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pluggy
-import torch
 
 from harness.cells import resolve_cell
 from harness.measure import Stopwatch, mean_ci95
 from harness.results import capture_environment
 from harness.specs import Cell, TaskBatch
 from harness.storage import CACHE_ENV, DATA_ENV
+
+if TYPE_CHECKING:
+    import torch
 
 hookimpl = pluggy.HookimplMarker("harness")
 
@@ -83,6 +85,8 @@ def make_context(cell: Cell, registry: Any, resolved: dict[str, Any]) -> CellCon
 @hookimpl(wrapper=True, tryfirst=True, specname="harness_run_cell")
 def seed_everything(cell: Cell, context: CellContext) -> Iterator[None]:
     """Seed Python, NumPy and torch (all devices) from the cell seed before any model is built."""
+    import torch
+
     seed = context.seeds["cell"]
     random.seed(seed)
     torch.manual_seed(seed)
@@ -117,6 +121,8 @@ def measure_peak_memory(cell: Cell, context: CellContext) -> Iterator[None]:
 @hookimpl(trylast=True)
 def harness_run_cell(cell: Cell, context: CellContext) -> dict[str, Any]:
     """Meta-train within the budget keeping the best validated parameters, then meta-test."""
+    import torch
+
     budget, suite, backend = cell.budget, context.suite, context.backend
     device = backend.device
     model = suite.build_model().to(device)
@@ -234,6 +240,8 @@ class Episodes:
     """
 
     def __init__(self, suite: Any, split: str, n: int, seed: int, device: torch.device) -> None:
+        import torch
+
         self.suite, self.split, self.n, self.seed, self.device = suite, split, n, seed, device
         fixed = suite.fixed_episodes(split)
         self.fixed = fixed is not None
@@ -251,6 +259,8 @@ class Episodes:
         return self.held.num_tasks if self.held is not None else self.n
 
     def __iter__(self) -> Iterator[TaskBatch]:
+        import torch
+
         if self.held is not None:
             yield self.held
             return
@@ -262,6 +272,8 @@ class Episodes:
 def evaluate(algo: Any, batches: TaskBatch | Episodes, steps: int, latency: Stopwatch | None = None
              ) -> list[list[float]]:
     """Metric per test-time step (0..steps) per episode; `latency` times each episode's adaptation."""
+    import torch
+
     per_step: list[list[float]] = [[] for _ in range(steps + 1)]
     for batch in [batches] if isinstance(batches, TaskBatch) else batches:
         for i in range(batch.num_tasks):

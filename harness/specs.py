@@ -9,26 +9,83 @@ import types
 import typing
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from harness.errors import ParamError, unknown_name
 
+if TYPE_CHECKING:  # torch is imported by what needs it, never by `harness list` or grid checks
+    import torch
+
 TASK_KINDS = ("classification", "regression", "optimisation")
+
+
+class LazyFactory:
+    """A factory named by "package.module:attribute", imported the first time it is called.
+
+    A spec's `factory` may be such a string: registering the plugin then imports nothing heavy (torch,
+    the implementation), so `harness list` and grid checks stay instant; the cell that builds the
+    algorithm, suite or backend imports it."""
+
+    def __init__(self, target: str) -> None:
+        module, _, attribute = target.partition(":")
+        if not module or not attribute or not all(part.isidentifier() for part in (*module.split("."), attribute)):
+            raise ValueError(f"a factory named by a string must be 'package.module:attribute', got {target!r}")
+        self.target = target
+        self._resolved: Callable[..., Any] | None = None
+
+    def resolve(self) -> Callable[..., Any]:
+        """The named attribute, imported on first use."""
+        if self._resolved is None:
+            import importlib
+
+            module, _, attribute = self.target.partition(":")
+            self._resolved = getattr(importlib.import_module(module), attribute)
+        return self._resolved
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.resolve()(*args, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"LazyFactory({self.target!r})"
+
+
+def forward_attributes(implementation: str) -> Callable[[str], Any]:
+    """A module `__getattr__` that finds a missing name in module `implementation`, imported on first use.
+
+    A plugin module that keeps its heavy code in a module of its own (`_name.py` beside it) sets
+    `__getattr__ = forward_attributes(...)`, so `from plugin import TheClass` keeps working while
+    registering the plugin imports nothing heavy."""
+
+    def __getattr__(name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        import importlib
+
+        return getattr(importlib.import_module(implementation), name)
+
+    return __getattr__
+
+
+def _lazy_factory(spec: Any) -> None:
+    if isinstance(spec.factory, str):
+        object.__setattr__(spec, "factory", LazyFactory(spec.factory))
+    elif not callable(spec.factory):
+        raise ValueError(f"{type(spec).__name__} {spec.name!r}: factory must be callable or a "
+                         f"'package.module:attribute' string, got {spec.factory!r}")
 
 
 @dataclass(frozen=True)
 class AlgorithmSpec:
     """An algorithm a plugin offers.
 
-    `factory(hparams=..., model=..., suite=..., backend=...)` builds a `harness.base.Algorithm`;
+    `factory(hparams=..., model=..., suite=..., backend=...)` builds a `harness.base.Algorithm` (a
+    "package.module:Class" string names one imported when first built: `LazyFactory`);
     `hparams` is a frozen dataclass type whose defaults are the paper's and whose fields the grid
     may override by name. `task_kinds` says which suites it can run on; the grid skips the rest.
     """
 
     name: str
-    factory: Callable[..., Any]
+    factory: Callable[..., Any] | str
     hparams: type
     task_kinds: frozenset[str]
     description: str
@@ -39,6 +96,7 @@ class AlgorithmSpec:
 
     def __post_init__(self) -> None:
         _check_spec(self, "algorithm")
+        _lazy_factory(self)
         object.__setattr__(self, "task_kinds", frozenset(self.task_kinds))
         bad = self.task_kinds - set(TASK_KINDS)
         if bad:
@@ -60,7 +118,7 @@ class TaskSuiteSpec:
     """
 
     name: str
-    factory: Callable[..., Any]
+    factory: Callable[..., Any] | str
     config: type
     task_kind: str
     description: str
@@ -72,6 +130,7 @@ class TaskSuiteSpec:
 
     def __post_init__(self) -> None:
         _check_spec(self, "task suite")
+        _lazy_factory(self)
         if self.task_kind not in TASK_KINDS:
             raise ValueError(f"suite {self.name!r}: unknown task kind {self.task_kind!r}; valid: {TASK_KINDS}")
         fields = {f.name for f in dataclasses.fields(self.config)}
@@ -86,10 +145,13 @@ class BackendSpec:
     """A hardware backend: `factory()` builds a `harness.base.Backend`; higher `priority` wins `auto`."""
 
     name: str
-    factory: Callable[[], Any]
+    factory: Callable[[], Any] | str
     description: str
     priority: int = 0
     version: str = "1"
+
+    def __post_init__(self) -> None:
+        _lazy_factory(self)
 
 
 def _check_spec(spec: Any, kind: str) -> None:

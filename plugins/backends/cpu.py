@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from harness import Backend, BackendSpec, hookimpl
+
+if TYPE_CHECKING:  # imported where used: registering the backend must not import torch
+    import torch
 from harness.measure import peak_rss_bytes, reset_peak_rss
 from harness.results import cpu_model
 
@@ -20,6 +21,8 @@ class CPUBackend(Backend):
 
     @property
     def device(self) -> torch.device:
+        import torch
+
         return torch.device("cpu")
 
     def reset_peak_memory(self) -> None:
@@ -29,6 +32,8 @@ class CPUBackend(Backend):
         return peak_rss_bytes()
 
     def describe(self) -> dict[str, Any]:
+        import torch
+
         return {"device_name": cpu_model(), "threads": torch.get_num_threads()}
 
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-import torch
+import sys
+from typing import TYPE_CHECKING, Any
 
 from harness import Backend, BackendSpec, hookimpl
+
+if TYPE_CHECKING:  # imported where used: registering the backend must not import torch
+    import torch
 
 
 class MPSBackend(Backend):
@@ -17,6 +19,10 @@ class MPSBackend(Backend):
         self._peak = 0
 
     def availability(self) -> tuple[bool, str]:
+        if sys.platform != "darwin":
+            return False, "MPS needs macOS on Apple silicon"
+        import torch
+
         if not torch.backends.mps.is_built():
             return False, "this torch build has no MPS support (MPS needs macOS on Apple silicon)"
         if not torch.backends.mps.is_available():
@@ -25,19 +31,27 @@ class MPSBackend(Backend):
 
     @property
     def device(self) -> torch.device:
+        import torch
+
         return torch.device("mps")
 
     def synchronize(self) -> None:
+        import torch
+
         torch.mps.synchronize()
         # The MPS driver exposes only the current figure, so the peak is sampled at every sync
         # (the runner synchronises around each timed region).
         self._peak = max(self._peak, int(torch.mps.driver_allocated_memory()))
 
     def reset_peak_memory(self) -> None:
+        import torch
+
         torch.mps.empty_cache()
         self._peak = int(torch.mps.driver_allocated_memory())
 
     def peak_memory_bytes(self) -> int:
+        import torch
+
         return max(self._peak, int(torch.mps.driver_allocated_memory()))
 
     def describe(self) -> dict[str, Any]:

@@ -13,12 +13,14 @@ import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from harness import HarnessError, UsageError
 from harness.storage import DATA_ENV, cached, data_folders, file_sha256
 from metaharness_plugins.fewshot.omniglot_download import PUBLISHED_MD5, ensure_archives, unsafe_member
+
+if TYPE_CHECKING:  # imported where images are decoded: checks and surveys need no torch
+    import torch
 
 SMALL_ARCHIVES = ("images_background_small1.zip", "images_background_small2.zip")
 FULL_ARCHIVES = ("images_background.zip", "images_evaluation.zip")
@@ -48,6 +50,7 @@ def cache_key(archive_hashes: Sequence[str], image_size: int) -> str:
 
 def decode_png(data: bytes, image_size: int) -> torch.Tensor:
     """uint8 [image_size, image_size] of one Omniglot PNG drawing, resized, with ink = 255."""
+    import torch
     from PIL import Image
 
     with Image.open(io.BytesIO(data)) as image:
@@ -108,6 +111,8 @@ def _decode_archives(paths: Sequence[Path], image_size: int) -> tuple[torch.Tens
     if len(counts) != 1:
         uneven = [f"{'/'.join(k)}: {len(found[k][1])}" for k in characters if len(found[k][1]) != max(counts)]
         raise HarnessError(f"every Omniglot character must have the same number of drawings; {uneven[:5]}")
+    import torch
+
     images = torch.empty(len(characters), counts.pop(), image_size, image_size, dtype=torch.uint8)
     for path in paths:
         with _open(path) as archive:

@@ -11,7 +11,6 @@ torch generator and restores it afterwards, so episodes are a pure function of t
 
 from __future__ import annotations
 
-import importlib.util
 import itertools
 import random
 from collections.abc import Mapping
@@ -22,23 +21,8 @@ from torch.utils.data import Dataset
 
 from harness import HarnessError, TaskBatch, UsageError
 from metaharness_plugins._learn2learn import import_learn2learn
+from metaharness_plugins.fewshot.config import INSTALL_HINT
 from metaharness_plugins.fewshot.pool import ClassPool, episodes
-
-SAMPLERS = ("native", "learn2learn")
-INSTALL_HINT = "make learn2learn (or python scripts/install_learn2learn.py): learn2learn 0.2.0 from its sdist"
-
-
-def check_sampler(sampler: object) -> None:
-    """For a suite config's `__post_init__`: a ValueError unless `sampler` is one of SAMPLERS."""
-    if sampler not in SAMPLERS:
-        raise ValueError(f"sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
-
-
-def missing_learn2learn() -> str:
-    """'' when learn2learn can be imported here, else why not and how to install it (cheap: no import)."""
-    if importlib.util.find_spec("learn2learn") is None:
-        return f"sampler 'learn2learn' needs the learn2learn package, not installed here; run {INSTALL_HINT}"
-    return ""
 
 
 def _positive(name: str, value: object) -> None:

@@ -14,14 +14,9 @@ import torch
 
 pytest.importorskip("learn2learn", reason="learn2learn is not installed (make learn2learn)")
 from harness import TaskBatch, UsageError  # noqa: E402
+from metaharness_plugins.fewshot.config import SAMPLERS, check_sampler, missing_learn2learn  # noqa: E402
 from metaharness_plugins.fewshot.pool import ClassPool  # noqa: E402
-from metaharness_plugins.fewshot.taskdataset import (  # noqa: E402
-    SAMPLERS,
-    ClassImages,
-    TaskDatasetSampler,
-    check_sampler,
-    missing_learn2learn,
-)
+from metaharness_plugins.fewshot.taskdataset import ClassImages, TaskDatasetSampler  # noqa: E402
 from metaharness_plugins.suites import glyphs  # noqa: E402
 from metaharness_plugins.suites.glyphs import GlyphsConfig, GlyphsSuite  # noqa: E402
 

@@ -22,6 +22,7 @@ from torch import nn
 from harness import Algorithm, TaskBatch, UsageError
 from harness.registry import build_plugin_manager
 from harness.specs import resolve_params
+from metaharness_plugins import hparams as shared
 from metaharness_plugins.algorithms.anil import ANIL, ANILHparams
 from metaharness_plugins.algorithms.l2l import (
     L2LANIL,
@@ -34,7 +35,6 @@ from metaharness_plugins.algorithms.l2l import (
 from metaharness_plugins.algorithms.maml import MAML, FOMAMLHparams, MAMLHparams
 from metaharness_plugins.algorithms.metasgd import MetaSGD, MetaSGDHparams
 from metaharness_plugins.algorithms.protonet import ProtoNet, ProtoNetHparams
-from metaharness_plugins import hparams as shared
 from metaharness_plugins.backends.cpu import CPUBackend
 from metaharness_plugins.suites.sinusoid import SinusoidConfig, SinusoidSuite
 from tests.conftest import REPO, run_cli
