@@ -13,10 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-
-from harness import AlgorithmSpec, TaskBatch, check_ranges, hookimpl
-from harness.functional import GradientAlgorithm, Params, inner_loop, snapshot
+from harness import AlgorithmSpec, check_ranges, forward_attributes, hookimpl
 
 
 @dataclass(frozen=True)
@@ -37,30 +34,12 @@ class PretrainHparams:
                      positive=("lr", "inner_lr"))
 
 
-class Pretrain(GradientAlgorithm):
-    """Train one model on every task's points; fine-tune it with SGD on each test task."""
-
-    def make_optimizer(self) -> torch.optim.Optimizer:
-        return torch.optim.Adam(self.params.values(), lr=self.hparams.lr)
-
-    def meta_loss(self, batch: TaskBatch) -> torch.Tensor:
-        """The loss on the pooled support and query points of all tasks (what one Adam step lowers)."""
-        x = torch.cat([batch.support_x, batch.query_x], dim=1).flatten(0, 1)
-        y = torch.cat([batch.support_y, batch.query_y], dim=1).flatten(0, 1)
-        return self.loss(self.params, x, y)
-
-    def adapt(self, support_x: torch.Tensor, support_y: torch.Tensor, steps: int) -> list[Params]:
-        """States after 0..steps SGD fine-tuning steps on one task's support set (detached)."""
-        return inner_loop(self.loss, snapshot(self.params), support_x, support_y, steps, self.hparams.inner_lr,
-                          first_order=True)
-
-
 @hookimpl
 def harness_register_algorithms() -> list[AlgorithmSpec]:
     return [
         AlgorithmSpec(
             name="pretrain",
-            factory=Pretrain,
+            factory="metaharness_plugins.algorithms._pretrain:Pretrain",
             hparams=PretrainHparams,
             task_kinds=frozenset({"regression", "classification"}),
             description="baseline: pretrain one model on all tasks' pooled data, fine-tune with SGD at test",
@@ -68,3 +47,7 @@ def harness_register_algorithms() -> list[AlgorithmSpec]:
             second_order=False,
         )
     ]
+
+
+# The implementation lives in _pretrain.py, imported by the first cell that needs it.
+__getattr__ = forward_attributes("metaharness_plugins.algorithms._pretrain")
