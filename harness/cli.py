@@ -133,15 +133,17 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def cmd_run(args: argparse.Namespace, registry: Any) -> int:
-    from harness.files import prepare_output_dirs, remove_stale_temp_files
     from harness.grid import load_grid
+
+    grid = load_grid(args.grid, registry, algorithms=args.algorithm, suites=args.suite,
+                     backends=args.backend, seeds=args.seeds, max_cells=args.max_cells)
+    # Only now the heavier modules (pandas for the tables): a mistake in the grid is reported at once.
+    from harness.files import prepare_output_dirs, remove_stale_temp_files
     from harness.leaderboard import render_terminal, write_tables
     from harness.publish import grid_tables
     from harness.results import ResultStore
     from harness.session import plan, run_grid
 
-    grid = load_grid(args.grid, registry, algorithms=args.algorithm, suites=args.suite,
-                     backends=args.backend, seeds=args.seeds, max_cells=args.max_cells)
     store = ResultStore(args.results)
     if args.dry_run:
         planned = plan(grid, registry, store, force=args.force)

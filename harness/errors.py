@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Iterable
 
 
@@ -33,6 +32,8 @@ class GridError(UsageError):
 def unknown_name(kind: str, name: str, valid: Iterable[str]) -> UsageError:
     """Build the error for an unknown `kind` called `name`, listing valid names and the closest one."""
     valid = sorted(valid)
+    import difflib
+
     close = difflib.get_close_matches(name, valid, n=1, cutoff=0.5)
     hint = f" Did you mean {close[0]!r}?" if close else ""
     listing = ", ".join(valid) if valid else "(none registered)"

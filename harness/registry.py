@@ -240,8 +240,8 @@ class HarnessPluginManager(pluggy.PluginManager):
             missing = [m for m in reg.spec.requires if importlib.util.find_spec(m.split(".")[0]) is None]
             if missing:
                 reg.available = False
-                hint = " ".join(PIP_NAMES.get(m, m) for m in missing)
-                reg.reason = f"missing optional dependency {', '.join(missing)} (pip install {hint})"
+                hint = reg.spec.install_hint or "pip install " + " ".join(PIP_NAMES.get(m, m) for m in missing)
+                reg.reason = f"missing optional dependency {', '.join(missing)} ({hint})"
         for reg in self.backends.values():
             try:
                 ok, reason = reg.spec.factory().availability()

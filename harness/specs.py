@@ -82,6 +82,8 @@ class AlgorithmSpec:
     "package.module:Class" string names one imported when first built: `LazyFactory`);
     `hparams` is a frozen dataclass type whose defaults are the paper's and whose fields the grid
     may override by name. `task_kinds` says which suites it can run on; the grid skips the rest.
+    `requires` are modules it imports lazily: where one is missing it is unavailable, with
+    `install_hint` (default: `pip install` of the missing modules) saying how to get them.
     """
 
     name: str
@@ -93,6 +95,7 @@ class AlgorithmSpec:
     second_order: bool = False
     version: str = "1"
     requires: tuple[str, ...] = ()
+    install_hint: str = ""
 
     def __post_init__(self) -> None:
         _check_spec(self, "algorithm")
@@ -125,6 +128,7 @@ class TaskSuiteSpec:
     paper: str = ""
     version: str = "1"
     requires: tuple[str, ...] = ()
+    install_hint: str = ""
     check: Callable[[Any], str] | None = None
     episode_neutral: tuple[str, ...] = ()
 

@@ -7,6 +7,10 @@ import io
 import sys
 from types import ModuleType
 
+#: How to get learn2learn 0.2.0: its sdist does not build as published on Python >= 3.11
+#: (learnables/learn2learn#413), so `pip install learn2learn` is no hint.
+INSTALL_HINT = "make learn2learn (or python scripts/install_learn2learn.py): learn2learn 0.2.0 from its sdist"
+
 
 def import_learn2learn() -> ModuleType:
     """Import learn2learn, keeping the banner gym prints to stderr when learn2learn imports it out of

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
+import subprocess
 import sys
 from pathlib import Path
 
@@ -194,3 +196,22 @@ def test_broken_entry_point_is_listed_and_the_rest_run(tmp_path):
     Path(tmp_path / "g.toml").write_text('[budget]\niterations = 4\nval_interval = 2\nval_episodes = 2\n'
                                          'test_episodes = 2\n[[block]]\nalgorithms = ["pretrain"]\nsuites = ["sinusoid"]\n')
     assert run_cli("run", "--grid", "g.toml", cwd=tmp_path, env=env).returncode == 0
+
+
+@pytest.mark.parametrize("args", [["list"], ["--help"], ["run", "--help"], ["list", "algorithms"],
+                                  ["run", "--grid", "BAD"], ["run", "--grid", "smoke", "--algorithm", "mam"]])
+def test_listing_help_and_bad_input_never_import_torch(tmp_path, args):
+    """What makes `harness list`, `--help` and grid errors instant: torch (and pandas, for grid errors) is
+    imported only by what runs cells or writes tables. Timings live in the README, not in tests."""
+    bad = tmp_path / "bad.toml"
+    bad.write_text('name = "bad"\nseeds = 1\n[[block]]\nalgorithms = ["maml"]\nsuites = [{name = "sinusoid", shots = 0}]\n')
+    args = [str(bad) if a == "BAD" else a for a in args]
+    probe = ("import sys\nfrom harness import cli\ntry:\n    code = cli.main(%r)\nexcept SystemExit as exc:\n"
+             "    code = exc.code\nprint('\\nloaded:', sorted(m for m in ('torch', 'pandas') if m in sys.modules))\n"
+             "sys.exit(code)\n") % (args,)
+    proc = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "HARNESS_DISABLE_PLUGIN_AUTOLOAD": "1"})
+    assert proc.returncode == (2 if args[0] == "run" and "--help" not in args else 0), proc.stderr
+    assert proc.stdout.rstrip().endswith("loaded: []"), proc.stdout[-300:] + proc.stderr
+    if "BAD" in str(args) or str(bad) in args:
+        assert "shots must be an integer from 1 to 100,000" in proc.stderr

@@ -46,6 +46,18 @@ def imported(path: Path, module: str, known: set[str]) -> set[str]:
     return found
 
 
+def imported_at_import(path: Path) -> set[str]:
+    """The modules `path` imports when it is imported: its top-level imports, not those inside functions
+    or under `if TYPE_CHECKING:` (absolute imports only, which is all the plugins use)."""
+    found = set()
+    for node in ast.parse(path.read_text(), str(path)).body:
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            found.add(node.module)
+    return found
+
+
 def defines_hooks(path: Path) -> list[str]:
     return [node.name for node in ast.walk(ast.parse(path.read_text(), str(path)))
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name.startswith("harness_")]
@@ -73,7 +85,7 @@ def violations(core: dict[str, Path], plugins: dict[str, Path], plugin_modules: 
             kind = "plugin" if module in plugin_modules else "implementation" if module in implementations else "helper"
             found.append(f"{path}: {kind} module {module} imports plugin module {name}")
         if module in plugin_modules:
-            heavy = sorted(n for n in names if n == "torch" or n.startswith("torch."))
+            heavy = sorted(n for n in imported_at_import(path) if n == "torch" or n.startswith("torch."))
             if heavy:
                 found.append(f"{path}: plugin module {module} imports {', '.join(heavy)}; keep that in _{module.rpartition('.')[2]}.py")
         if module not in plugin_modules and defines_hooks(path):
@@ -98,7 +110,8 @@ def test_the_check_finds_each_kind_of_violation(tmp_path: Path) -> None:
     (plugins / "suites").mkdir(parents=True)
     (plugins / "suites" / "__init__.py").write_text("")
     (plugins / "suites" / "a.py").write_text("from . import b\n\ndef harness_register_task_suites():\n    return []\n")
-    (plugins / "suites" / "b.py").write_text("from metaharness_plugins.helper import x\nimport torch.nn\n")
+    (plugins / "suites" / "b.py").write_text("from metaharness_plugins.helper import x\nimport torch.nn\n\n"
+                                             "def f():\n    import torch\n")
     (plugins / "suites" / "_b.py").write_text("from metaharness_plugins.suites.b import x\nimport torch\n")
     (plugins / "suites" / "_c.py").write_text("from metaharness_plugins.suites._b import y\n")
     (plugins / "helper.py").write_text("from metaharness_plugins.suites import a\n\ndef harness_configure():\n    pass\n")

@@ -25,6 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from harness import AlgorithmSpec, check_ranges, forward_attributes, hookimpl
+from metaharness_plugins._learn2learn import INSTALL_HINT
 from metaharness_plugins.hparams import (
     ANILHparams,
     FOMAMLHparams,
@@ -79,6 +80,7 @@ def harness_register_algorithms() -> list[AlgorithmSpec]:
             paper=f"{_L2L_PAPER}; Finn, Abbeel & Levine 2017 (ICML)",
             second_order=True,
             requires=needs,
+            install_hint=INSTALL_HINT,
         ),
         AlgorithmSpec(
             name="l2l-fomaml",
@@ -88,6 +90,7 @@ def harness_register_algorithms() -> list[AlgorithmSpec]:
             description="learn2learn's MAML with first_order=True, with the native fomaml's settings",
             paper=f"{_L2L_PAPER}; Finn, Abbeel & Levine 2017 (ICML), section 5.2",
             requires=needs,
+            install_hint=INSTALL_HINT,
         ),
         AlgorithmSpec(
             name="l2l-metasgd",
@@ -98,6 +101,7 @@ def harness_register_algorithms() -> list[AlgorithmSpec]:
             paper=f"{_L2L_PAPER}; Li, Zhou, Chen & Li 2017 (arXiv:1707.09835)",
             second_order=True,
             requires=needs,
+            install_hint=INSTALL_HINT,
         ),
         AlgorithmSpec(
             name="l2l-anil",
@@ -108,6 +112,7 @@ def harness_register_algorithms() -> list[AlgorithmSpec]:
             paper=f"{_L2L_PAPER}; Raghu, Raghu, Bengio & Vinyals 2020 (ICLR)",
             second_order=True,
             requires=needs,
+            install_hint=INSTALL_HINT,
         ),
         AlgorithmSpec(
             name="l2l-protonet",
@@ -117,6 +122,7 @@ def harness_register_algorithms() -> list[AlgorithmSpec]:
             description="learn2learn's PrototypicalClassifier on the embedding, native protonet's settings",
             paper=f"{_L2L_PAPER}; Snell, Swersky & Zemel 2017 (NeurIPS)",
             requires=needs,
+            install_hint=INSTALL_HINT,
         ),
         AlgorithmSpec(
             name="metaoptnet",
@@ -127,6 +133,7 @@ def harness_register_algorithms() -> list[AlgorithmSpec]:
             paper="Lee, Maji, Ravichandran & Soatto 2019, Meta-Learning with Differentiable Convex "
                   "Optimization (CVPR)",
             requires=("learn2learn", "qpth"),
+            install_hint=f"{INSTALL_HINT}; pip install qpth",
         ),
     ]
 

@@ -16,10 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-
-from harness import AlgorithmSpec, hookimpl
-from harness.functional import GradientAlgorithm, Params, inner_loop, snapshot
+from harness import AlgorithmSpec, forward_attributes, hookimpl
 from metaharness_plugins import hparams as shared
 
 
@@ -42,31 +39,6 @@ class FOMAMLHparams(MAMLHparams):
     first_order: bool = True
 
 
-class MAML(GradientAlgorithm):
-    """MAML (or first-order MAML when `hparams.first_order`) on any suite whose `loss` is differentiable.
-
-    The meta-parameters are the model's own `nn.Parameter`s on the backend's device; adaptation
-    never modifies them, it returns new dicts of tensors.
-    """
-
-    def task_loss(self, sx: torch.Tensor, sy: torch.Tensor, qx: torch.Tensor, qy: torch.Tensor) -> torch.Tensor:
-        """The query loss after `inner_steps` SGD steps on the support set, differentiable w.r.t. the
-        meta-parameters (second derivatives included unless first order)."""
-        hp = self.hparams
-        adapted = inner_loop(self.loss, self.params, sx, sy, hp.inner_steps, hp.inner_lr,
-                             first_order=hp.first_order)[-1]
-        return self.loss(adapted, qx, qy)
-
-    def adapt(self, support_x: torch.Tensor, support_y: torch.Tensor, steps: int) -> list[Params]:
-        """States after 0..steps inner SGD steps on one task (the training-time inner loop).
-
-        Works under `torch.no_grad()`: `torch.func.grad` computes its gradient regardless of the
-        caller's grad mode, and the states are detached from the meta-parameters.
-        """
-        return inner_loop(self.loss, snapshot(self.params), support_x, support_y, steps, self.hparams.inner_lr,
-                          first_order=True)
-
-
 _PAPER = (
     "Finn, Abbeel & Levine 2017, Model-Agnostic Meta-Learning for Fast Adaptation of Deep Networks (ICML)"
 )
@@ -78,7 +50,7 @@ def harness_register_algorithms() -> list[AlgorithmSpec]:
     return [
         AlgorithmSpec(
             name="maml",
-            factory=MAML,
+            factory="metaharness_plugins.algorithms._maml:MAML",
             hparams=MAMLHparams,
             task_kinds=kinds,
             description="MAML: meta-learned initialisation, differentiating through inner SGD (second order)",
@@ -87,7 +59,7 @@ def harness_register_algorithms() -> list[AlgorithmSpec]:
         ),
         AlgorithmSpec(
             name="fomaml",
-            factory=MAML,
+            factory="metaharness_plugins.algorithms._maml:MAML",
             hparams=FOMAMLHparams,
             task_kinds=kinds,
             description="first-order MAML: MAML with the inner gradients treated as constants",
@@ -95,3 +67,7 @@ def harness_register_algorithms() -> list[AlgorithmSpec]:
             second_order=False,
         ),
     ]
+
+
+# The implementation lives in _maml.py, imported by the first cell that needs it.
+__getattr__ = forward_attributes("metaharness_plugins.algorithms._maml")

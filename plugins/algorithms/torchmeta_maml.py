@@ -34,6 +34,8 @@ _PAPERS = (
 
 #: What torchmeta imports at import time beyond torch (its pins aside: see the module docstring).
 _NEEDS = ("torchmeta", "torchvision", "h5py", "ordered_set")
+#: A plain `pip install torchmeta` would downgrade torch below 1.10 (its pins): set-up installs it without.
+_HINT = "make setup, which runs pip install --no-deps torchmeta==1.8.0 and the peers extra"
 
 
 @hookimpl
@@ -49,6 +51,7 @@ def harness_register_algorithms() -> list[AlgorithmSpec]:
             paper=_PAPERS,
             second_order=True,
             requires=_NEEDS,
+            install_hint=_HINT,
         ),
         AlgorithmSpec(
             name="tm-fomaml",
@@ -58,6 +61,7 @@ def harness_register_algorithms() -> list[AlgorithmSpec]:
             description="torchmeta's MAML with first_order=True, native fomaml's settings",
             paper=_PAPERS + ", section 5.2",
             requires=_NEEDS,
+            install_hint=_HINT,
         ),
     ]
 

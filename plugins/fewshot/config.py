@@ -8,8 +8,9 @@ import importlib.util
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from metaharness_plugins._learn2learn import INSTALL_HINT
+
 SAMPLERS = ("native", "learn2learn")
-INSTALL_HINT = "make learn2learn (or python scripts/install_learn2learn.py): learn2learn 0.2.0 from its sdist"
 
 
 def check_sampler(sampler: object) -> None:

@@ -11,13 +11,10 @@ something to download over, unless the caller asks for that.
 from __future__ import annotations
 
 import hashlib
-import http.client
 import os
 import sys
 import tempfile
-import urllib.error
 import urllib.parse
-import urllib.request
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
@@ -107,6 +104,10 @@ def download(
 ) -> None:
     """Fetch `url` to `target` if and only if every check passes; writes one progress line to `stream`
     (default stderr). Nothing is left at `target`, nor any temporary file, when a check fails."""
+    import http.client  # here, not at import: registering the suite must stay cheap
+    import urllib.error
+    import urllib.request
+
     stream = sys.stderr if stream is None else stream
     official = archive_url(OFFICIAL_URL, target.name)
     by_hand = (f"put {target.name} (md5 {md5}{'' if url == official else ', from ' + official}) in "

@@ -21,6 +21,7 @@ from typing import ClassVar
 
 from harness import TaskSuiteSpec, UsageError, forward_attributes, hookimpl
 from harness.storage import DATA_ENV, data_folders
+from metaharness_plugins._learn2learn import INSTALL_HINT
 from metaharness_plugins.fewshot.config import SPLITS, FewShotConfig, sampler_problem
 
 MODES = {"train": "train", "val": "validation", "test": "test"}  # learn2learn's names of the splits
@@ -183,6 +184,7 @@ def harness_register_task_suites() -> list[TaskSuiteSpec]:
                          f"classes), learn2learn's files under the data root; accuracy"),
             paper=_PAPERS[name] + "; models: Finn et al. 2017, Snell et al. 2017, Lee et al. 2019",
             requires=("learn2learn", "torchvision", "PIL"),
+            install_hint=INSTALL_HINT,
             check=check_data,
             episode_neutral=("model", "data_root", "cache_dir"),  # conv4 and ResNet-12 on the same episodes
         )

@@ -73,7 +73,7 @@ def test_registration(registry) -> None:
 
 
 def test_without_higher_the_algorithms_are_unavailable_with_an_install_hint(monkeypatch) -> None:
-    peer_maml.check_unavailable_without(monkeypatch, "higher", "higher-", "higher")
+    peer_maml.check_unavailable_without(monkeypatch, "higher", "higher-", "pip install higher")
 
 
 def test_import_is_lazy() -> None:

@@ -174,7 +174,7 @@ def test_registers_maml_and_fomaml() -> None:
     assert set(specs) == {"maml", "fomaml"}
     assert specs["maml"].second_order and not specs["fomaml"].second_order
     assert specs["maml"].task_kinds == specs["fomaml"].task_kinds == {"regression", "classification"}
-    assert specs["maml"].factory is specs["fomaml"].factory is MAML
+    assert specs["maml"].factory.resolve() is specs["fomaml"].factory.resolve() is MAML
     assert specs["maml"].hparams().first_order is False
     assert specs["fomaml"].hparams().first_order is True
     paper = MAMLHparams()

@@ -77,7 +77,7 @@ def test_registration(registry) -> None:
 
 
 def test_without_torchopt_the_algorithms_are_unavailable_with_an_install_hint(monkeypatch) -> None:
-    peer_maml.check_unavailable_without(monkeypatch, "torchopt", "torchopt-", "torchopt")
+    peer_maml.check_unavailable_without(monkeypatch, "torchopt", "torchopt-", "pip install torchopt")
 
 
 def test_import_is_lazy() -> None:
