@@ -112,6 +112,11 @@ def inner_loop(
 # --- tasks of a meta-batch --------------------------------------------------------------------------
 
 
+def has_batch_norm(model: nn.Module) -> bool:
+    """Whether `model` holds a batch norm layer (any of `torch.nn`'s)."""
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
 def over_tasks(fn: Callable[..., Any], tensors: Sequence[Tensor], *, vmap: bool = False) -> Any:
     """`fn(*(t[i] for t in tensors))` for every task i, the results stacked along a new leading dim.
 
@@ -197,10 +202,18 @@ class GradientAlgorithm(Algorithm):
         """The meta-optimiser, made by `make_optimizer` on first use."""
         return self.make_optimizer()
 
+    #: Whether the meta-gradient differentiates the inner gradients (second order); subclasses say.
+    second_order: bool = False
+
     @property
     def vmap_tasks(self) -> bool:
-        """Whether `meta_loss` vectorises tasks with vmap: `hparams.vmap_tasks` when it has one, else False."""
-        return bool(getattr(self.hparams, "vmap_tasks", False))
+        """Whether `meta_loss` vectorises tasks with vmap: `hparams.vmap_tasks` when it has one, else False,
+        and never for a second-order meta-gradient through batch norm. There `torch.func.vmap` gets the
+        second derivatives wrong (float64, a conv, batch norm, two inner steps: 1e-3 off the task loop,
+        which matches finite differences; PyTorch's batch-norm batching rule, cf. pytorch/functorch#534),
+        so such tasks are looped: the same numbers vmap would give if it were right, only slower."""
+        wanted = bool(getattr(self.hparams, "vmap_tasks", False))
+        return wanted and not (self.second_order and has_batch_norm(self.model))
 
     # --- the model, functionally ---
 

@@ -14,6 +14,10 @@ class MAML(GradientAlgorithm):
     never modifies them, it returns new dicts of tensors.
     """
 
+    @property
+    def second_order(self) -> bool:  # type: ignore[override]
+        return not self.hparams.first_order
+
     def task_loss(self, sx: torch.Tensor, sy: torch.Tensor, qx: torch.Tensor, qy: torch.Tensor) -> torch.Tensor:
         """The query loss after `inner_steps` SGD steps on the support set, differentiable w.r.t. the
         meta-parameters (second derivatives included unless first order)."""

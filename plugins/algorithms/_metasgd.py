@@ -23,6 +23,8 @@ class MetaSGD(GradientAlgorithm):
     the inner gradient.
     """
 
+    second_order = True
+
     def __init__(self, hparams: MetaSGDHparams, model: nn.Module, suite: TaskSuite, backend: Any) -> None:
         super().__init__(hparams, model, suite, backend)
         low, high = hparams.alpha_init
