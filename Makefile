@@ -46,6 +46,8 @@ bench: $(STAMP)
 	$(BIN)/python -m pytest benchmarks/test_bench_sampling.py --benchmark-enable --benchmark-only \
 		--benchmark-min-rounds=50 --benchmark-max-time=5 --benchmark-warmup=on \
 		--benchmark-json=benchmarks/results/sampling-cpu.json --benchmark-columns=min,median,iqr,rounds
+	$(BIN)/python -m pytest benchmarks/test_bench_overhead.py --benchmark-enable --benchmark-only \
+		--benchmark-json=benchmarks/results/overhead-cpu.json --benchmark-columns=min,median,iqr,rounds
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -150,6 +150,15 @@ def start_fork_server(extra: Sequence[str] = ()) -> None:
         signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
 
 
+def stop_fork_server() -> None:
+    """Stop this process's fork server, if it runs; the next cell starts a fresh one (with its own
+    imports). For programs that run several grids, and benchmarks."""
+    from multiprocessing import forkserver
+
+    with contextlib.suppress(Exception):
+        forkserver._forkserver._stop()  # multiprocessing's own (private) shutdown of the server
+
+
 def _in_main_thread() -> bool:
     import threading
 
