@@ -1,4 +1,5 @@
-"""Hyper-parameters of the gradient-based and metric-based meta-learners, shared by the native
+"""Hyper-parameters of the gradient-based and metric-based meta-learners (and the spec pair every MAML
+implementation registers), shared by the native
 implementations and by every peer library's (learn2learn, torchmeta, higher, TorchOpt): one dataclass per
 method, so each name has one meaning and one default wherever it appears, and one grid sweeps every
 implementation of a method alike. A helper module the algorithm plugins import, not a plugin.
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from harness.specs import check_ranges
+from harness.specs import AlgorithmSpec, check_ranges
 
 DISTANCES = ("euclidean", "cosine")
 
@@ -124,3 +125,31 @@ class ProtoNetHparams:
         check_ranges(self, at_least_one=("meta_batch_size",), positive=("meta_lr",))
         if self.distance not in DISTANCES:
             raise ValueError(f"distance must be one of {', '.join(DISTANCES)}, got {self.distance!r}")
+
+
+MAML_PAPER = "Finn, Abbeel & Levine 2017, Model-Agnostic Meta-Learning for Fast Adaptation of Deep Networks (ICML)"
+
+
+def maml_specs(
+    prefix: str,
+    factory: str,
+    second: str,
+    first: str,
+    *,
+    paper: str = "",
+    requires: tuple[str, ...] = (),
+    install_hint: str = "",
+    hparams: tuple[type, type] = (MAMLHparams, FOMAMLHparams),
+) -> list[AlgorithmSpec]:
+    """The `<prefix>maml` and `<prefix>fomaml` specs of one MAML implementation: one factory (the flag
+    `first_order` tells them apart), the shared hyper-parameters, regression and classification.
+    `second` and `first` describe the two; `paper` names the implementation's own paper, if any."""
+    papers = f"{paper}; {MAML_PAPER}" if paper else MAML_PAPER
+    common = {"factory": factory, "task_kinds": frozenset({"regression", "classification"}),
+              "requires": requires, "install_hint": install_hint}
+    return [
+        AlgorithmSpec(name=f"{prefix}maml", hparams=hparams[0], description=second, paper=papers,
+                      second_order=True, **common),
+        AlgorithmSpec(name=f"{prefix}fomaml", hparams=hparams[1], description=first,
+                      paper=papers + ", section 5.2", **common),
+    ]

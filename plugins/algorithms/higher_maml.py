@@ -28,38 +28,18 @@ marks these algorithms unavailable with an install hint.
 from __future__ import annotations
 
 from harness import AlgorithmSpec, forward_attributes, hookimpl
-from metaharness_plugins.hparams import FOMAMLHparams, MAMLHparams
+from metaharness_plugins.hparams import maml_specs
 
-_PAPERS = (
-    "Grefenstette et al. 2019, Generalized Inner Loop Meta-Learning (arXiv:1910.01727); "
-    "Finn, Abbeel & Levine 2017 (ICML)"
-)
+_PAPER = "Grefenstette et al. 2019, Generalized Inner Loop Meta-Learning (arXiv:1910.01727)"
 
 
 @hookimpl
 def harness_register_algorithms() -> list[AlgorithmSpec]:
-    kinds = frozenset({"regression", "classification"})
-    return [
-        AlgorithmSpec(
-            name="higher-maml",
-            factory="metaharness_plugins.algorithms._higher_maml:HigherMAML",
-            hparams=MAMLHparams,
-            task_kinds=kinds,
-            description="higher's innerloop_ctx MAML (differentiable SGD, second order), maml's settings",
-            paper=_PAPERS,
-            second_order=True,
-            requires=("higher",),
-        ),
-        AlgorithmSpec(
-            name="higher-fomaml",
-            factory="metaharness_plugins.algorithms._higher_maml:HigherMAML",
-            hparams=FOMAMLHparams,
-            task_kinds=kinds,
-            description="higher's innerloop_ctx, track_higher_grads=False (first order), fomaml's settings",
-            paper=_PAPERS + ", section 5.2",
-            requires=("higher",),
-        ),
-    ]
+    return maml_specs(
+        "higher-", "metaharness_plugins.algorithms._higher_maml:HigherMAML",
+        "higher's innerloop_ctx MAML (differentiable SGD, second order), maml's settings",
+        "higher's innerloop_ctx, track_higher_grads=False (first order), fomaml's settings",
+        paper=_PAPER, requires=("higher",))
 
 
 # The implementation lives in _higher_maml.py, imported by the first cell that needs it.

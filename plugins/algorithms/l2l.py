@@ -28,10 +28,9 @@ from harness import AlgorithmSpec, check_ranges, forward_attributes, hookimpl
 from metaharness_plugins._learn2learn import INSTALL_HINT
 from metaharness_plugins.hparams import (
     ANILHparams,
-    FOMAMLHparams,
-    MAMLHparams,
     MetaSGDHparams,
     ProtoNetHparams,
+    maml_specs,
 )
 
 ALPHA_PREFIX = "alpha."  # names of Meta-SGD's learned learning rates, as the native metasgd names them
@@ -71,27 +70,11 @@ def harness_register_algorithms() -> list[AlgorithmSpec]:
     both, classification = frozenset({"regression", "classification"}), frozenset({"classification"})
     needs = ("learn2learn",)
     return [
-        AlgorithmSpec(
-            name="l2l-maml",
-            factory="metaharness_plugins.algorithms._l2l:L2LMAML",
-            hparams=MAMLHparams,
-            task_kinds=both,
-            description="learn2learn's MAML (clone/adapt, second order), with the native maml's settings",
-            paper=f"{_L2L_PAPER}; Finn, Abbeel & Levine 2017 (ICML)",
-            second_order=True,
-            requires=needs,
-            install_hint=INSTALL_HINT,
-        ),
-        AlgorithmSpec(
-            name="l2l-fomaml",
-            factory="metaharness_plugins.algorithms._l2l:L2LMAML",
-            hparams=FOMAMLHparams,
-            task_kinds=both,
-            description="learn2learn's MAML with first_order=True, with the native fomaml's settings",
-            paper=f"{_L2L_PAPER}; Finn, Abbeel & Levine 2017 (ICML), section 5.2",
-            requires=needs,
-            install_hint=INSTALL_HINT,
-        ),
+        *maml_specs(
+            "l2l-", "metaharness_plugins.algorithms._l2l:L2LMAML",
+            "learn2learn's MAML (clone/adapt, second order), with the native maml's settings",
+            "learn2learn's MAML with first_order=True, with the native fomaml's settings",
+            paper=_L2L_PAPER, requires=needs, install_hint=INSTALL_HINT),
         AlgorithmSpec(
             name="l2l-metasgd",
             factory="metaharness_plugins.algorithms._l2l:L2LMetaSGD",

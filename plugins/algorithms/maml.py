@@ -39,34 +39,13 @@ class FOMAMLHparams(MAMLHparams):
     first_order: bool = True
 
 
-_PAPER = (
-    "Finn, Abbeel & Levine 2017, Model-Agnostic Meta-Learning for Fast Adaptation of Deep Networks (ICML)"
-)
-
-
 @hookimpl
 def harness_register_algorithms() -> list[AlgorithmSpec]:
-    kinds = frozenset({"regression", "classification"})
-    return [
-        AlgorithmSpec(
-            name="maml",
-            factory="metaharness_plugins.algorithms._maml:MAML",
-            hparams=MAMLHparams,
-            task_kinds=kinds,
-            description="MAML: meta-learned initialisation, differentiating through inner SGD (second order)",
-            paper=_PAPER,
-            second_order=True,
-        ),
-        AlgorithmSpec(
-            name="fomaml",
-            factory="metaharness_plugins.algorithms._maml:MAML",
-            hparams=FOMAMLHparams,
-            task_kinds=kinds,
-            description="first-order MAML: MAML with the inner gradients treated as constants",
-            paper=_PAPER + ", section 5.2",
-            second_order=False,
-        ),
-    ]
+    return shared.maml_specs(
+        "", "metaharness_plugins.algorithms._maml:MAML",
+        "MAML: meta-learned initialisation, differentiating through inner SGD (second order)",
+        "first-order MAML: MAML with the inner gradients treated as constants",
+        hparams=(MAMLHparams, FOMAMLHparams))
 
 
 # The implementation lives in _maml.py, imported by the first cell that needs it.

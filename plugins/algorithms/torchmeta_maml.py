@@ -24,12 +24,10 @@ these algorithms unavailable with an install hint.
 from __future__ import annotations
 
 from harness import AlgorithmSpec, forward_attributes, hookimpl
-from metaharness_plugins.hparams import FOMAMLHparams, MAMLHparams
+from metaharness_plugins.hparams import maml_specs
 
-_PAPERS = (
-    "Deleu, Würfl, Samiei, Cohen & Bengio 2019, Torchmeta: A Meta-Learning library for PyTorch "
-    "(arXiv:1909.06576); Finn, Abbeel & Levine 2017 (ICML)"
-)
+_PAPER = ("Deleu, Würfl, Samiei, Cohen & Bengio 2019, Torchmeta: A Meta-Learning library for PyTorch "
+          "(arXiv:1909.06576)")
 
 
 #: What torchmeta imports at import time beyond torch (its pins aside: see the module docstring).
@@ -40,30 +38,11 @@ _HINT = "make setup, which runs pip install --no-deps torchmeta==1.8.0 and the p
 
 @hookimpl
 def harness_register_algorithms() -> list[AlgorithmSpec]:
-    kinds = frozenset({"regression", "classification"})
-    return [
-        AlgorithmSpec(
-            name="tm-maml",
-            factory="metaharness_plugins.algorithms._torchmeta_maml:TorchmetaMAML",
-            hparams=MAMLHparams,
-            task_kinds=kinds,
-            description="torchmeta's MAML (meta-modules, gradient_update_parameters), native maml's settings",
-            paper=_PAPERS,
-            second_order=True,
-            requires=_NEEDS,
-            install_hint=_HINT,
-        ),
-        AlgorithmSpec(
-            name="tm-fomaml",
-            factory="metaharness_plugins.algorithms._torchmeta_maml:TorchmetaMAML",
-            hparams=FOMAMLHparams,
-            task_kinds=kinds,
-            description="torchmeta's MAML with first_order=True, native fomaml's settings",
-            paper=_PAPERS + ", section 5.2",
-            requires=_NEEDS,
-            install_hint=_HINT,
-        ),
-    ]
+    return maml_specs(
+        "tm-", "metaharness_plugins.algorithms._torchmeta_maml:TorchmetaMAML",
+        "torchmeta's MAML (meta-modules, gradient_update_parameters), native maml's settings",
+        "torchmeta's MAML with first_order=True, native fomaml's settings",
+        paper=_PAPER, requires=_NEEDS, install_hint=_HINT)
 
 
 # The implementation lives in _torchmeta_maml.py, imported by the first cell that needs it.

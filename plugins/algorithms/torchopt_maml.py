@@ -23,38 +23,18 @@ as soon as it is computed (`harness.functional.TaskLoopAlgorithm`), then takes o
 from __future__ import annotations
 
 from harness import AlgorithmSpec, forward_attributes, hookimpl
-from metaharness_plugins.hparams import FOMAMLHparams, MAMLHparams
+from metaharness_plugins.hparams import maml_specs
 
-_PAPERS = (
-    "Ren et al. 2023, TorchOpt: An Efficient Library for Differentiable Optimization (JMLR); "
-    "Finn, Abbeel & Levine 2017 (ICML)"
-)
+_PAPER = "Ren et al. 2023, TorchOpt: An Efficient Library for Differentiable Optimization (JMLR)"
 
 
 @hookimpl
 def harness_register_algorithms() -> list[AlgorithmSpec]:
-    kinds = frozenset({"regression", "classification"})
-    return [
-        AlgorithmSpec(
-            name="torchopt-maml",
-            factory="metaharness_plugins.algorithms._torchopt_maml:TorchOptMAML",
-            hparams=MAMLHparams,
-            task_kinds=kinds,
-            description="TorchOpt's MetaSGD MAML (extract/recover_state_dict per task), maml's settings",
-            paper=_PAPERS,
-            second_order=True,
-            requires=("torchopt",),
-        ),
-        AlgorithmSpec(
-            name="torchopt-fomaml",
-            factory="metaharness_plugins.algorithms._torchopt_maml:TorchOptMAML",
-            hparams=FOMAMLHparams,
-            task_kinds=kinds,
-            description="first-order MAML with TorchOpt's functional sgd, apply_updates; fomaml's settings",
-            paper=_PAPERS + ", section 5.2",
-            requires=("torchopt",),
-        ),
-    ]
+    return maml_specs(
+        "torchopt-", "metaharness_plugins.algorithms._torchopt_maml:TorchOptMAML",
+        "TorchOpt's MetaSGD MAML (extract/recover_state_dict per task), maml's settings",
+        "first-order MAML with TorchOpt's functional sgd, apply_updates; fomaml's settings",
+        paper=_PAPER, requires=("torchopt",))
 
 
 # The implementation lives in _torchopt_maml.py, imported by the first cell that needs it.
