@@ -6,6 +6,7 @@ missing, lazy import, and learning sinusoids beside the native implementation.""
 from __future__ import annotations
 
 import dataclasses
+import json
 import subprocess
 import sys
 from collections.abc import Callable
@@ -23,7 +24,7 @@ from metaharness_plugins.algorithms.maml import MAML, FOMAMLHparams, MAMLHparams
 from metaharness_plugins.backbones import conv4
 from metaharness_plugins.backends.cpu import CPUBackend
 from metaharness_plugins.suites.sinusoid import SinusoidConfig, SinusoidSuite
-from tests.conftest import REPO
+from tests.conftest import REPO, run_cli
 from tests.plugins.helpers import TinySuite
 
 SUITES = ("tiny", "conv4", "sinusoid")
@@ -303,3 +304,21 @@ def check_learns_sinusoids_like_the_native(
     native_curve, curve = evaluate(native, 10), evaluate(ours, 10)
     torch.testing.assert_close(curve, native_curve, rtol=1e-3, atol=1e-4)  # measured: 1e-8 apart
     assert curve[10] < 0.6 * untrained[10], (curve, untrained)
+
+
+def check_grid_runs_through_the_cli(prefix: str, tmp_path: Any, write_grid: Callable, suites: tuple[str, ...]) -> None:
+    """`<prefix>maml` and `<prefix>fomaml` run as grid cells through the `harness` command, every cell ok."""
+    chosen = {"sinusoid": '{ name = "sinusoid", query = 5 }', "glyphs": '{ name = "glyphs", query = 2 }'}
+    grid = write_grid(
+        "[[block]]\n"
+        f'algorithms = [{{ name = "{prefix}maml", meta_batch_size = 2, test_steps = 2 }}, "{prefix}fomaml"]\n'
+        f"suites = [{', '.join(chosen[name] for name in suites)}]\n"
+        "[budget]\niterations = 4\nval_interval = 2\nval_episodes = 2\ntest_episodes = 4\ntimeout = 300\n"
+        "threads = 1\n"
+    )
+    out = run_cli("run", "--grid", str(grid), "--results", "results", "--leaderboards", "tables", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    records = [json.loads(p.read_text()) for p in (tmp_path / "results").rglob("*.json")]
+    assert sorted((r["cell"]["algorithm"], r["cell"]["suite"], r["status"]) for r in records) == sorted(
+        (f"{prefix}{name}", suite, "ok") for name in ("maml", "fomaml") for suite in suites)
+    assert all(r["metric"]["mean"] > 0 for r in records)

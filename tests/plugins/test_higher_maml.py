@@ -7,7 +7,6 @@ CLI."""
 from __future__ import annotations
 
 import importlib.util
-import json
 from collections.abc import Callable
 
 import pytest
@@ -16,7 +15,6 @@ import torch
 from metaharness_plugins import hparams as shared
 from metaharness_plugins.algorithms.higher_maml import HigherMAML
 from metaharness_plugins.backends.cpu import CPUBackend
-from tests.conftest import run_cli
 from tests.plugins import peer_maml
 from tests.plugins.helpers import TinySuite
 
@@ -92,20 +90,4 @@ def test_learns_sinusoids_like_the_native(first_order: bool, meta_train, evaluat
 
 
 def test_a_grid_runs_higher_cells_through_the_cli(tmp_path, write_grid) -> None:
-    grid = write_grid(
-        "[[block]]\n"
-        'algorithms = [{ name = "higher-maml", meta_batch_size = 2, test_steps = 2 }, "higher-fomaml"]\n'
-        'suites = [{ name = "sinusoid", query = 5 }]\n'
-        "[budget]\niterations = 6\nval_interval = 3\nval_episodes = 2\ntest_episodes = 4\ntimeout = 300\n"
-        "threads = 1\n"
-    )
-    out = run_cli(
-        "run", "--grid", str(grid), "--results", "results", "--leaderboards", "tables", cwd=tmp_path
-    )
-    assert out.returncode == 0, out.stderr
-    records = [json.loads(p.read_text()) for p in (tmp_path / "results").rglob("*.json")]
-    assert sorted((r["cell"]["algorithm"], r["status"]) for r in records) == [
-        ("higher-fomaml", "ok"),
-        ("higher-maml", "ok"),
-    ]
-    assert all(r["metric"]["mean"] > 0 for r in records)
+    peer_maml.check_grid_runs_through_the_cli("higher-", tmp_path, write_grid, ("sinusoid",))

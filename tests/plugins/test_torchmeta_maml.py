@@ -8,7 +8,6 @@ and a grid run through the CLI."""
 from __future__ import annotations
 
 import importlib.util
-import json
 import subprocess
 import sys
 from collections.abc import Callable
@@ -27,7 +26,7 @@ from metaharness_plugins.algorithms.torchmeta_maml import (
 from metaharness_plugins.backbones import conv4
 from metaharness_plugins.backends.cpu import CPUBackend
 from metaharness_plugins.suites.omniglot import OmniglotConfig, OmniglotSuite
-from tests.conftest import REPO, run_cli
+from tests.conftest import REPO
 from tests.plugins import peer_maml
 
 if importlib.util.find_spec("torchmeta") is None:
@@ -186,21 +185,4 @@ def test_learns_sinusoids_like_the_native(first_order: bool, meta_train, evaluat
 
 
 def test_a_grid_runs_torchmeta_cells_through_the_cli(tmp_path, write_grid) -> None:
-    grid = write_grid(
-        "[[block]]\n"
-        'algorithms = [{ name = "tm-maml", meta_batch_size = 2, test_steps = 2 }, "tm-fomaml"]\n'
-        'suites = [{ name = "sinusoid", query = 5 }, { name = "glyphs", query = 2 }]\n'
-        "[budget]\niterations = 4\nval_interval = 2\nval_episodes = 2\ntest_episodes = 4\ntimeout = 300\n"
-        "threads = 1\n"
-    )
-    out = run_cli(
-        "run", "--grid", str(grid), "--results", "results", "--leaderboards", "tables", cwd=tmp_path
-    )
-    assert out.returncode == 0, out.stderr
-    records = [json.loads(p.read_text()) for p in (tmp_path / "results").rglob("*.json")]
-    assert sorted((r["cell"]["algorithm"], r["cell"]["suite"], r["status"]) for r in records) == [
-        ("tm-fomaml", "glyphs", "ok"),
-        ("tm-fomaml", "sinusoid", "ok"),
-        ("tm-maml", "glyphs", "ok"),
-        ("tm-maml", "sinusoid", "ok"),
-    ]
+    peer_maml.check_grid_runs_through_the_cli("tm-", tmp_path, write_grid, ("sinusoid", "glyphs"))
