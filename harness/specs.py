@@ -17,6 +17,8 @@ if TYPE_CHECKING:  # torch is imported by what needs it, never by `harness list`
     import torch
 
 TASK_KINDS = ("classification", "regression", "optimisation")
+#: The splits a suite samples: meta-training, validation (model selection) and meta-test episodes.
+SPLITS = ("train", "val", "test")
 
 
 class LazyFactory:

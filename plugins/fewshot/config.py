@@ -26,7 +26,6 @@ def missing_learn2learn() -> str:
     return ""
 
 
-SPLITS = ("train", "val", "test")
 IMAGE_SIZES = (8, 512)  # pixels, inclusive
 BATCH_NORM = ("batch statistics at meta-train and meta-test (track_running_stats=False, no running buffers):"
               " the transductive setting of MAML's code; works under torch.func.functional_call and vmap")

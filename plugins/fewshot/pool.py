@@ -16,7 +16,6 @@ import torch
 
 from harness import TaskBatch
 
-
 #: A pool whose images as float32 take at most this much is converted once (Omniglot: 36 MiB for the small
 #: sets' 600 training classes), which halves the time of a 20-way 5-shot meta-batch; larger ones are not.
 FLOAT_POOL_BYTES = 256 * 2**20

@@ -15,8 +15,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from harness import TaskBatch, TaskSuite, UsageError
+from harness.specs import SPLITS
 from metaharness_plugins.backbones import conv4
-from metaharness_plugins.fewshot.config import SPLITS
 from metaharness_plugins.fewshot.pool import ClassPool
 from metaharness_plugins.fewshot.taskdataset import TaskDatasetSampler
 

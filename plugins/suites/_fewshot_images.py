@@ -16,10 +16,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from harness import HarnessError, UsageError
+from harness.specs import SPLITS
 from harness.storage import cache_folder, cached, file_sha256
 from metaharness_plugins._learn2learn import import_learn2learn
 from metaharness_plugins.backbones import conv4
-from metaharness_plugins.fewshot.config import BATCH_NORM, SPLITS
+from metaharness_plugins.fewshot.config import BATCH_NORM
 from metaharness_plugins.fewshot.pool import ClassPool
 from metaharness_plugins.fewshot.suite import FewShotSuite
 from metaharness_plugins.suites.fewshot_images import (

@@ -9,8 +9,8 @@ import torch
 from torch import nn
 
 from harness import UsageError
+from harness.specs import SPLITS
 from harness.storage import cache_folder
-from metaharness_plugins.fewshot.config import SPLITS
 from metaharness_plugins.fewshot.omniglot_archives import (
     find_data_root,
     load_characters,

@@ -7,13 +7,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from harness import TaskBatch, TaskSuite
+from harness.specs import SPLITS
 from metaharness_plugins.suites.sinusoid import (
     AMPLITUDE_RANGE,
     HIDDEN,
     INIT_STD,
     INPUT_RANGE,
     PHASE_RANGE,
-    SPLITS,
     SinusoidConfig,
 )
 

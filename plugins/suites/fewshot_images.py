@@ -20,9 +20,10 @@ from pathlib import Path
 from typing import ClassVar
 
 from harness import TaskSuiteSpec, UsageError, forward_attributes, hookimpl
+from harness.specs import SPLITS
 from harness.storage import DATA_ENV, data_folders
 from metaharness_plugins._learn2learn import INSTALL_HINT
-from metaharness_plugins.fewshot.config import SPLITS, FewShotConfig, sampler_problem
+from metaharness_plugins.fewshot.config import FewShotConfig, sampler_problem
 
 MODES = {"train": "train", "val": "validation", "test": "test"}  # learn2learn's names of the splits
 

@@ -23,7 +23,8 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from harness import HarnessError, TaskSuiteSpec, UsageError, forward_attributes, hookimpl
-from metaharness_plugins.fewshot.config import SPLITS, FewShotConfig, positive_int, sampler_problem
+from harness.specs import SPLITS
+from metaharness_plugins.fewshot.config import FewShotConfig, positive_int, sampler_problem
 from metaharness_plugins.fewshot.omniglot_archives import (
     FULL_ARCHIVES,
     SMALL_ARCHIVES,

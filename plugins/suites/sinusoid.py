@@ -35,7 +35,6 @@ INIT_STD = 0.01  # weight initialisation of the authors' released code (see buil
 INITS = ("torch", "maml")
 
 
-SPLITS = ("train", "val", "test")
 
 
 MAX_POINTS = 100_000  # support or query points per task: far past any study, short of exhausting memory
