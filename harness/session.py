@@ -25,7 +25,7 @@ from harness.files import remove_stale_temp_files
 from harness.grid import Grid
 from harness.machine import MachineRuns
 from harness.results import ResultStore
-from harness.specs import Cell
+from harness.specs import Cell, LazyFactory
 
 #: How often a run looks at the machine's other runs (seconds), and how often it waits for others' cells.
 WATCH_INTERVAL_S = 0.5
@@ -166,10 +166,14 @@ def run_grid(
 
 
 def _lazy_imports(grid: Grid, registry: Any) -> list[str]:
-    """The optional modules the grid's algorithms and suites require (they import them lazily), for the
-    fork server to import once rather than every cell again."""
-    names = {m for c in grid.cells for reg in (registry.algorithm(c.algorithm), registry.suite(c.suite))
-             for m in reg.spec.requires}
+    """What the grid's algorithms and suites import lazily: the optional modules they require and the
+    modules their string factories name, for the fork server to import once rather than every cell."""
+    names = set()
+    for cell in grid.cells:
+        for reg in (registry.algorithm(cell.algorithm), registry.suite(cell.suite), registry.backend(cell.backend)):
+            names.update(getattr(reg.spec, "requires", ()))
+            if isinstance(reg.spec.factory, LazyFactory):
+                names.add(reg.spec.factory.target.partition(":")[0])
     return sorted(names)
 
 
