@@ -2,9 +2,10 @@
 imports a bundled plugin, no plugin module imports another plugin module, and the helper modules the
 plugins share (plugins/fewshot/, backbones, hparams, ...) define no hooks and import no plugin module.
 
-A plugin `pkg/name.py` may keep its heavy code in `pkg/_name.py` (loaded lazily, `harness.LazyFactory`):
-that module is the plugin's own and may import it, and nothing else may import either of them; a plugin
-module itself imports no torch, so `harness list` and grid checks never load it."""
+A plugin `pkg/name.py` keeps its heavy code in `pkg/_name.py` (loaded lazily, `harness.LazyFactory`): that
+module is a helper like any other, so it imports no plugin module either (what both need lives in a
+helper or the core), and the plugin module imports no torch, so `harness list` and grid checks never
+load it."""
 
 from __future__ import annotations
 
@@ -63,32 +64,24 @@ def defines_hooks(path: Path) -> list[str]:
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name.startswith("harness_")]
 
 
-def owner(module: str, plugin_modules: set[str]) -> str | None:
-    """The plugin an implementation module `pkg._name` belongs to (`pkg.name`), if that is a plugin."""
-    package, _, name = module.rpartition(".")
-    plugin = f"{package}.{name[1:]}"
-    return plugin if name.startswith("_") and plugin in plugin_modules else None
-
-
 def violations(core: dict[str, Path], plugins: dict[str, Path], plugin_modules: set[str]) -> list[str]:
     """What breaks the rules, one line each."""
     known = set(plugins) | set(core)
-    implementations = {m for m in plugins if owner(m, plugin_modules)}
     found = []
     for module, path in core.items():
         for name in sorted(imported(path, module, known)):
             if name == PACKAGE or name.startswith(PACKAGE + "."):
                 found.append(f"{path}: the core imports the bundled plugin package ({name})")
     for module, path in plugins.items():
-        names = imported(path, module, known)
-        for name in sorted(names & (plugin_modules | implementations) - {module, owner(module, plugin_modules)}):
-            kind = "plugin" if module in plugin_modules else "implementation" if module in implementations else "helper"
+        for name in sorted(imported(path, module, known) & plugin_modules - {module}):
+            kind = "plugin" if module in plugin_modules else "helper"
             found.append(f"{path}: {kind} module {module} imports plugin module {name}")
         if module in plugin_modules:
             heavy = sorted(n for n in imported_at_import(path) if n == "torch" or n.startswith("torch."))
             if heavy:
-                found.append(f"{path}: plugin module {module} imports {', '.join(heavy)}; keep that in _{module.rpartition('.')[2]}.py")
-        if module not in plugin_modules and defines_hooks(path):
+                found.append(f"{path}: plugin module {module} imports {', '.join(heavy)}; keep that in "
+                             f"_{module.rpartition('.')[2]}.py")
+        elif defines_hooks(path):
             found.append(f"{path}: helper module {module} defines hooks {', '.join(defines_hooks(path))}")
     return found
 
@@ -123,5 +116,5 @@ def test_the_check_finds_each_kind_of_violation(tmp_path: Path) -> None:
     assert "helper module metaharness_plugins.helper imports plugin module metaharness_plugins.suites.a" in text
     assert "helper module metaharness_plugins.helper defines hooks harness_configure" in text
     assert "plugin module metaharness_plugins.suites.b imports torch.nn; keep that in _b.py" in text
-    assert "helper module metaharness_plugins.suites._c imports plugin module metaharness_plugins.suites._b" in text
-    assert len(found) == 6  # b importing the helper, and _b its own plugin b and torch, are allowed
+    assert "helper module metaharness_plugins.suites._b imports plugin module metaharness_plugins.suites.b" in text
+    assert len(found) == 6  # b importing the helper, _b and _c importing torch or each other, are allowed

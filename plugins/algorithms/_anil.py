@@ -10,9 +10,6 @@ from torch.func import functional_call
 
 from harness import TaskSuite, split_classifier
 from harness.functional import GradientAlgorithm, Params, inner_loop, snapshot
-from metaharness_plugins.algorithms.anil import (
-    ANILHparams,
-)
 
 
 class ANIL(GradientAlgorithm):
@@ -23,7 +20,7 @@ class ANIL(GradientAlgorithm):
     and the adapted head's.
     """
 
-    def __init__(self, hparams: ANILHparams, model: nn.Module, suite: TaskSuite, backend: Any) -> None:
+    def __init__(self, hparams: Any, model: nn.Module, suite: TaskSuite, backend: Any) -> None:
         self.body, self.head = split_classifier(model, "anil", "head (the only layer its inner loop adapts)")
         super().__init__(hparams, model, suite, backend)
         prefix = f"{len(model) - 1}."

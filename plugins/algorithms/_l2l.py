@@ -11,16 +11,14 @@ from torch import Tensor, nn
 from harness import TaskSuite, split_classifier
 from harness.functional import Params, TaskLoopAlgorithm, detached
 from metaharness_plugins._learn2learn import import_learn2learn
-from metaharness_plugins.algorithms.l2l import (
-    ALPHA_PREFIX,
-    MetaOptNetHparams,
-)
 from metaharness_plugins.hparams import (
     ANILHparams,
     MAMLHparams,
     MetaSGDHparams,
     ProtoNetHparams,
 )
+
+ALPHA_PREFIX = "alpha."  # names of Meta-SGD's learned learning rates, as the native metasgd names them
 
 
 class L2LMAML(TaskLoopAlgorithm):
@@ -161,7 +159,7 @@ class MetaOptNet(TaskLoopAlgorithm):
     (the model less its last Linear), the query loss back-propagated through the QP's solution into
     the embedding. A state is the classifier fitted on one task's support embeddings."""
 
-    def __init__(self, hparams: MetaOptNetHparams, model: nn.Module, suite: TaskSuite, backend: Any) -> None:
+    def __init__(self, hparams: Any, model: nn.Module, suite: TaskSuite, backend: Any) -> None:
         embedding, head = split_classifier(model, "metaoptnet")
         super().__init__(hparams, embedding, suite, backend)
         self.classifier_type = import_learn2learn().nn.SVClassifier

@@ -10,9 +10,6 @@ from torch import Tensor, nn
 
 from harness import TaskSuite, split_classifier
 from harness.functional import GradientAlgorithm
-from metaharness_plugins.algorithms.matchingnet import (
-    MatchingNetHparams,
-)
 
 
 def cosine_attention(queries: Tensor, support: Tensor, labels: Tensor, classes: int) -> Tensor:
@@ -82,7 +79,7 @@ class MatchingNet(GradientAlgorithm):
     Adam on the mean query loss over the batch's episodes, looped or vmapped.
     """
 
-    def __init__(self, hparams: MatchingNetHparams, model: nn.Module, suite: TaskSuite, backend: Any) -> None:
+    def __init__(self, hparams: Any, model: nn.Module, suite: TaskSuite, backend: Any) -> None:
         embedding, head = split_classifier(model, "matchingnet")
         net = nn.ModuleDict({"embedding": embedding})
         if hparams.fce:

@@ -10,9 +10,6 @@ from torch import Tensor, nn
 
 from harness import TaskSuite, split_classifier
 from harness.functional import GradientAlgorithm
-from metaharness_plugins.algorithms.protonet import (
-    ProtoNetHparams,
-)
 
 
 def prototypes(embeddings: torch.Tensor, labels: torch.Tensor, classes: int) -> torch.Tensor:
@@ -38,7 +35,7 @@ class ProtoNet(GradientAlgorithm):
     mean query loss over the batch's episodes, looped or vmapped.
     """
 
-    def __init__(self, hparams: ProtoNetHparams, model: nn.Module, suite: TaskSuite, backend: Any) -> None:
+    def __init__(self, hparams: Any, model: nn.Module, suite: TaskSuite, backend: Any) -> None:
         embedding, head = split_classifier(model, "protonet")
         super().__init__(hparams, embedding, suite, backend)
         self.classes = head.out_features

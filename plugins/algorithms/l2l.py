@@ -33,8 +33,6 @@ from metaharness_plugins.hparams import (
     maml_specs,
 )
 
-ALPHA_PREFIX = "alpha."  # names of Meta-SGD's learned learning rates, as the native metasgd names them
-
 
 @dataclass(frozen=True)
 class MetaOptNetHparams:

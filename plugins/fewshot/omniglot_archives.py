@@ -2,7 +2,8 @@
 never extracted, every drawing decoded once to uint8 [characters, drawings, H, W] with strokes bright (255 =
 ink) and cached, keyed by the archives' sha256 and the image size; the archives' listings surveyed without
 decoding (for checks before anything runs); and the folder holding them found, official ones downloaded
-when missing (`omniglot_download`). A helper module shared by the omniglot and omniglot-runs suites.
+when missing (`omniglot_download`); and the splits of the omniglot suite's two protocols. A helper module
+shared by the omniglot and omniglot-runs suites (`cfg` below is an `OmniglotConfig`).
 """
 
 from __future__ import annotations
@@ -10,12 +11,13 @@ from __future__ import annotations
 import hashlib
 import io
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from harness import HarnessError, UsageError
+from harness.specs import SPLITS
 from harness.storage import DATA_ENV, cached, data_folders, file_sha256
 from metaharness_plugins.fewshot.omniglot_download import PUBLISHED_MD5, ensure_archives, unsafe_member
 
@@ -25,8 +27,74 @@ if TYPE_CHECKING:  # imported where images are decoded: checks and surveys need 
 SMALL_ARCHIVES = ("images_background_small1.zip", "images_background_small2.zip")
 FULL_ARCHIVES = ("images_background.zip", "images_evaluation.zip")
 FORMAT = 1  # bump when decoding changes, so old cache files are not reused
-
 Character = tuple[str, str]  # (alphabet, character folder)
+
+def alphabet_splits(alphabets: Sequence[str]) -> dict[str, tuple[str, ...]]:
+    """Alphabets of each split: a pure function of the set of alphabet names.
+
+    In sorted order, position i goes to val when i % 8 == 5, to test when i % 8 is 2 or 6, else to
+    train: 5 / 1 / 2 alphabets of every 8. On the two small background sets this gives train =
+    Balinese, Early_Aramaic, Japanese_(katakana), Korean, Tagalog (150 characters), val = Latin (26),
+    test = Greek, Sanskrit (66): every split has at least 20 characters (20-way episodes), and the two
+    alphabets both small sets share stay out of meta-training.
+    """
+    splits: dict[str, list[str]] = {split: [] for split in SPLITS}
+    for i, name in enumerate(sorted(set(alphabets))):
+        splits["val" if i % 8 == 5 else "test" if i % 8 in (2, 6) else "train"].append(name)
+    return {split: tuple(names) for split, names in splits.items()}
+
+def standard_splits(ranks: Mapping[Character, int], train_characters: int = 1200,
+                    val_characters: int = 100) -> dict[str, tuple[Character, ...]]:
+    """Characters of each split of the "standard" protocol: a pure function of the characters and the
+    rank of the archive each comes from (0 for images_background.zip, 1 for images_evaluation.zip).
+
+    The order is archive, then (alphabet, character) sorted: the 964 background characters, then the
+    659 evaluation ones. The first `train_characters - val_characters` meta-train, the next
+    `val_characters` validate and the rest test: on the full archives 1100 / 100 / 423, the sizes of
+    MAML's code (which holds out 100 of the 1200 training characters; Vinyals et al. 2016 and Santoro
+    et al. 2016 give 1200 / 423). Their code draws the 1200 at random from a file listing whose order
+    depends on the file system (MAML: random.seed(1) over os.listdir); a fixed order makes the split
+    the same everywhere. On the full archives, meta-training gets the 964 background characters and the
+    first 136 evaluation ones, validation the next 100 evaluation characters, and the test split the
+    last 423, all from alphabets the dataset's authors set apart for evaluation.
+    """
+    order = sorted(ranks, key=lambda key: (ranks[key], key))
+    if train_characters >= len(order):
+        raise UsageError(f"train_characters = {train_characters} leaves no test characters: the archives "
+                         f"hold {len(order)} characters (1623 in images_background.zip and "
+                         "images_evaluation.zip)")
+    cut = train_characters - val_characters
+    return {"train": tuple(order[:cut]), "val": tuple(order[cut:train_characters]),
+            "test": tuple(order[train_characters:])}
+
+def split_characters(
+    cfg: Any, survey: Mapping[Character, tuple[int, int]]
+) -> dict[str, tuple[Character, ...]]:
+    """The characters of each split under `cfg.protocol`, each split sorted."""
+    if cfg.protocol == "standard":
+        ranks = {character: rank for character, (rank, _) in survey.items()}
+        return {split: tuple(sorted(chars)) for split, chars in
+                standard_splits(ranks, cfg.train_characters, cfg.val_characters).items()}
+    names = alphabet_splits([alphabet for alphabet, _ in survey])
+    return {split: tuple(sorted(c for c in survey if c[0] in names[split])) for split in SPLITS}
+
+def episode_problem(cfg: Any, splits: Mapping[str, Sequence[Character]], drawings: int) -> str:
+    """'' when every split can give `cfg`'s episodes, else why not (what was asked and what there is)."""
+    if cfg.shots + cfg.query > drawings:
+        return (f"shots + query = {cfg.shots} + {cfg.query} = {cfg.shots + cfg.query} images per class, but "
+                f"each Omniglot character has {drawings} drawings")
+    for split in SPLITS:
+        chars = splits[split]
+        classes = len(chars) * (4 if cfg.rotations and split == "train" else 1)
+        if classes < cfg.ways:
+            if cfg.protocol == "alphabet":
+                where = f"alphabets: {', '.join(sorted({a for a, _ in chars})) or 'none'}"
+            else:
+                where = f"{len(chars)} characters" + (", each in 4 rotations" if classes > len(chars) else "")
+            return (f"{cfg.ways}-way episodes need {cfg.ways} classes, but the {split} split ({where}) has "
+                    f"{classes}")
+    return ""
+
 
 
 @dataclass(frozen=True)

@@ -21,16 +21,11 @@ from harness.storage import cache_folder, cached, file_sha256
 from metaharness_plugins._learn2learn import import_learn2learn
 from metaharness_plugins.backbones import conv4
 from metaharness_plugins.fewshot.config import BATCH_NORM
+from metaharness_plugins.fewshot.image_sets import IMAGE_SETS, MODES, ImageSet, find_data_root
 from metaharness_plugins.fewshot.pool import ClassPool
 from metaharness_plugins.fewshot.suite import FewShotSuite
-from metaharness_plugins.suites.fewshot_images import (
-    FORMAT,
-    IMAGE_SETS,
-    MODES,
-    FewShotImagesConfig,
-    ImageSet,
-    find_data_root,
-)
+
+FORMAT = 1  # bump when conversion changes, so old cache files are not reused
 
 
 def _images_from_hwc(pixels: Any, what: str) -> torch.Tensor:
@@ -204,7 +199,8 @@ class FewShotImagesSuite(FewShotSuite):
 
     CHANNELS = 3
 
-    def __init__(self, config: FewShotImagesConfig) -> None:
+    def __init__(self, config: Any) -> None:
+        """`config`: one of the `fewshot_images` plugin's configurations (`FewShotImagesConfig`)."""
         super().__init__(config)
         cfg = config
         self.data_set = IMAGE_SETS[cfg.dataset]

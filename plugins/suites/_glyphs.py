@@ -4,35 +4,34 @@ imported when a cell builds it)."""
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from harness import TaskBatch
-
-# The universe of glyphs (changing any of these changes every class: bump the spec's version).
 from metaharness_plugins.fewshot.config import BATCH_NORM
 from metaharness_plugins.fewshot.pool import ClassPool, episodes
 from metaharness_plugins.fewshot.suite import FewShotSuite
-from metaharness_plugins.suites.glyphs import (
-    ATTACH,
-    CHUNK,
-    MARGIN,
-    POINT_JITTER,
-    POINTS,
-    ROTATION,
-    SAMPLES,
-    SCALE,
-    SHEAR,
-    SHIFT,
-    SIGMA,
-    STEP,
-    STROKES,
-    TURN,
-    WIDTH,
-    GlyphsConfig,
-    class_ranges,
-)
+
+# The universe of glyphs (changing any of these changes every class: bump the spec's version).
+STROKES = (2, 5)  # strokes per class, inclusive
+POINTS = 4  # control points per stroke: a cubic Bezier curve
+SAMPLES = 32  # points per curve the rasteriser integrates over (at most ~1.3 px apart at 28 px)
+CHUNK = 256  # drawings rendered at once
+SIGMA = 1.0  # width of the rasteriser's Gaussian, pixels at 28 px
+STEP = (0.15, 0.35)  # length of a control-point step of the random walk, in unit-square units
+TURN = 1.0  # std of the walk's turn per step, radians
+MARGIN = 0.12  # control points stay in [MARGIN, 1 - MARGIN]
+ATTACH = 0.6  # probability that a later stroke starts at an end of an earlier one
+# Per-drawing jitter (28-pixel units scale with image_size).
+POINT_JITTER = 0.025  # std of each control point's displacement, unit-square units
+ROTATION = 10.0  # degrees, uniform in +-
+SCALE = (0.9, 1.1)
+SHEAR = 0.15  # uniform in +-
+SHIFT = 2.0  # pixels at 28 px, uniform in +-
+WIDTH = (0.7, 1.2)  # stroke half-width in pixels at 28 px; the ink then fades over one more pixel
+
 
 
 def _class_seed(seed: int, c: int, stream: int = 0) -> int:
@@ -118,10 +117,11 @@ def render(points: torch.Tensor, strokes: torch.Tensor, width: torch.Tensor, siz
 class GlyphsSuite(FewShotSuite):
     """N-way K-shot episodes of procedural glyphs, scored by query accuracy."""
 
-    def __init__(self, config: GlyphsConfig | None = None) -> None:
-        super().__init__(config if config is not None else GlyphsConfig())
+    def __init__(self, config: Any) -> None:
+        """`config`: a `GlyphsConfig` (the `glyphs` plugin's)."""
+        super().__init__(config)
         n = self.config.num_classes
-        self.ranges = class_ranges(n)
+        self.ranges = self.config.ranges
         # Stroke programs are drawn on first use and kept: a suite touches only the classes it samples.
         self._points = torch.zeros(n, STROKES[1], POINTS, 2)
         self._strokes = torch.zeros(n, dtype=torch.long)

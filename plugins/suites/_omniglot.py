@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -12,8 +13,10 @@ from harness import UsageError
 from harness.specs import SPLITS
 from harness.storage import cache_folder
 from metaharness_plugins.fewshot.omniglot_archives import (
+    episode_problem,
     find_data_root,
     load_characters,
+    split_characters,
     survey_archives,
 )
 from metaharness_plugins.fewshot.omniglot_download import (
@@ -22,11 +25,6 @@ from metaharness_plugins.fewshot.omniglot_download import (
 )
 from metaharness_plugins.fewshot.pool import ClassPool
 from metaharness_plugins.fewshot.suite import FewShotSuite
-from metaharness_plugins.suites.omniglot import (
-    OmniglotConfig,
-    episode_problem,
-    split_characters,
-)
 
 MLP_WIDTHS = (256, 128, 64, 64)  # MAML section 5.2's fully connected Omniglot network (after Santoro et al.)
 
@@ -38,8 +36,9 @@ BATCH_NORM = ("batch statistics only (track_running_stats=False): every forward 
 class OmniglotSuite(FewShotSuite):
     """N-way K-shot episodes from real Omniglot characters, scored by query accuracy."""
 
-    def __init__(self, config: OmniglotConfig | None = None) -> None:
-        super().__init__(config if config is not None else OmniglotConfig())
+    def __init__(self, config: Any) -> None:
+        """`config`: an `OmniglotConfig` (the `omniglot` plugin's)."""
+        super().__init__(config)
         cfg = self.config
         root = find_data_root(cfg.archives, cfg.data_root, cfg.download, cfg.base_url, cfg.verify_md5)
         paths = [root / a for a in cfg.archives]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -12,17 +13,38 @@ import torch
 from harness import TaskBatch, UsageError
 from harness.storage import cache_folder
 from metaharness_plugins.fewshot.omniglot_archives import decode_png, load_characters
-from metaharness_plugins.fewshot.pool import ClassPool
-from metaharness_plugins.fewshot.suite import FewShotSuite
-from metaharness_plugins.suites.omniglot_runs import (
+from metaharness_plugins.fewshot.omniglot_runs_files import (
     LABELS_FILE,
     WAYS,
-    OmniglotRunsConfig,
-    background_splits,
     find_archives,
     find_runs_dir,
     read_runs,
 )
+from metaharness_plugins.fewshot.pool import ClassPool
+from metaharness_plugins.fewshot.suite import FewShotSuite
+
+
+def background_splits(
+    alphabets: Sequence[str], val_alphabets: Sequence[str] = ()
+) -> dict[str, tuple[str, ...]]:
+    """Meta-training and validation alphabets of the background archives: `val_alphabets` when given, else
+    those at sorted positions i % 5 == 4 (a pure function of the set of names). Every alphabet not held out
+    meta-trains, since the runs are the test set. Small set 1 alone gives val = Latin (26 characters); both
+    small sets, val = Korean (40); the full background set, 6 of its 30 alphabets."""
+    names = sorted(set(alphabets))
+    if val_alphabets:
+        unknown = sorted(set(val_alphabets) - set(names))
+        if unknown:
+            raise UsageError(f"val_alphabets names {', '.join(unknown)}, not in the archives; they hold "
+                             f"{', '.join(names)}")
+        held_out = set(val_alphabets)
+    else:
+        held_out = {name for i, name in enumerate(names) if i % 5 == 4}
+    if held_out == set(names):
+        raise UsageError(f"val_alphabets holds every alphabet of the archives ({', '.join(names)}); "
+                         "leave some for meta-training")
+    return {"train": tuple(n for n in names if n not in held_out),
+            "val": tuple(n for n in names if n in held_out)}
 
 
 class OmniglotRunsSuite(FewShotSuite):
@@ -34,8 +56,9 @@ class OmniglotRunsSuite(FewShotSuite):
     ways = WAYS  # every episode is 20-way 1-shot, as every run is
     shots = 1
 
-    def __init__(self, config: OmniglotRunsConfig | None = None) -> None:
-        super().__init__(config if config is not None else OmniglotRunsConfig())
+    def __init__(self, config: Any) -> None:
+        """`config`: an `OmniglotRunsConfig` (the `omniglot_runs` plugin's)."""
+        super().__init__(config)
         cfg = self.config
         self.runs_dir = find_runs_dir(cfg)
         self.runs = read_runs(self.runs_dir)  # every layout error before any decoding or training

@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
+import math
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from harness import TaskBatch, TaskSuite
 from harness.specs import SPLITS
-from metaharness_plugins.suites.sinusoid import (
-    AMPLITUDE_RANGE,
-    HIDDEN,
-    INIT_STD,
-    INPUT_RANGE,
-    PHASE_RANGE,
-    SinusoidConfig,
-)
+
+# Section 5.1 of the MAML paper: amplitude in [0.1, 5.0], phase in [0, pi], inputs drawn uniformly
+# from [-5.0, 5.0] at training and at test time.
+AMPLITUDE_RANGE = (0.1, 5.0)
+PHASE_RANGE = (0.0, math.pi)
+INPUT_RANGE = (-5.0, 5.0)
+HIDDEN = 40  # section 5.1: the regressor has 2 hidden layers of size 40 with ReLU nonlinearities
+INIT_STD = 0.01  # weight initialisation of the authors' released code (see build_model)
 
 
 def _uniform(shape: tuple[int, ...], low: float, high: float, generator: torch.Generator) -> torch.Tensor:
@@ -29,8 +32,9 @@ class SinusoidSuite(TaskSuite):
     metric_label = "MSE"
     higher_is_better = False
 
-    def __init__(self, config: SinusoidConfig | None = None) -> None:
-        super().__init__(config if config is not None else SinusoidConfig())
+    def __init__(self, config: Any) -> None:
+        """`config`: a `SinusoidConfig` (the `sinusoid` plugin's)."""
+        super().__init__(config)
 
     def sizes(self, split: str) -> tuple[int, int]:
         """(support points, query points) per task in `split`."""

@@ -26,56 +26,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from harness import TaskSuiteSpec, forward_attributes, hookimpl
-
-# The universe of glyphs (changing any of these changes every class: bump the spec's version).
 from metaharness_plugins.fewshot.config import FewShotConfig, positive_int, sampler_problem
-
-# The universe of glyphs (changing any of these changes every class: bump the spec's version).
-STROKES = (2, 5)  # strokes per class, inclusive
-
-
-POINTS = 4  # control points per stroke: a cubic Bezier curve
-
-
-SAMPLES = 32  # points per curve the rasteriser integrates over (at most ~1.3 px apart at 28 px)
-
-
-CHUNK = 256  # drawings rendered at once
-
-
-SIGMA = 1.0  # width of the rasteriser's Gaussian, pixels at 28 px
-
-
-STEP = (0.15, 0.35)  # length of a control-point step of the random walk, in unit-square units
-
-
-TURN = 1.0  # std of the walk's turn per step, radians
-
-
-MARGIN = 0.12  # control points stay in [MARGIN, 1 - MARGIN]
-
-
-ATTACH = 0.6  # probability that a later stroke starts at an end of an earlier one
-
-
-# Per-drawing jitter (28-pixel units scale with image_size).
-POINT_JITTER = 0.025  # std of each control point's displacement, unit-square units
-
-
-ROTATION = 10.0  # degrees, uniform in +-
-
-
-SCALE = (0.9, 1.1)
-
-
-SHEAR = 0.15  # uniform in +-
-
-
-SHIFT = 2.0  # pixels at 28 px, uniform in +-
-
-
-WIDTH = (0.7, 1.2)  # stroke half-width in pixels at 28 px; the ink then fades over one more pixel
-
 
 MAX_PER_CLASS = 1000  # rendered images per class and episode (shots + query)
 
@@ -94,6 +45,11 @@ class GlyphsConfig(FewShotConfig):
     seed: int = 0
     drawings: int = 0
 
+    @property
+    def ranges(self) -> dict[str, tuple[int, int]]:
+        """[start, stop) class indices of each split (`class_ranges`)."""
+        return class_ranges(self.num_classes)
+
     def __post_init__(self) -> None:
         super().__post_init__()
         positive_int(self, "num_classes")
@@ -110,7 +66,7 @@ class GlyphsConfig(FewShotConfig):
                              f"samples a finite labelled dataset; drawings=0 renders every drawing afresh): "
                              f"set drawings to at least shots + query = {per_class}, e.g. "
                              f"{max(per_class, 20)}")
-        sizes = {split: hi - lo for split, (lo, hi) in class_ranges(self.num_classes).items()}
+        sizes = {split: hi - lo for split, (lo, hi) in self.ranges.items()}
         smallest = min(sizes, key=lambda s: sizes[s])
         if self.ways > sizes[smallest]:
             raise ValueError(f"{self.ways}-way episodes need {self.ways} classes in every split, but "

@@ -9,34 +9,12 @@ is an MLP 1-40-40-1 with ReLU, meta-trained with K = 10; its table reports K = 5
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 from harness import TaskSuiteSpec, forward_attributes, hookimpl
 
-# Section 5.1 of the MAML paper: amplitude in [0.1, 5.0], phase in [0, pi], inputs drawn uniformly
-# from [-5.0, 5.0] at training and at test time.
-AMPLITUDE_RANGE = (0.1, 5.0)
-
-
-PHASE_RANGE = (0.0, math.pi)
-
-
-INPUT_RANGE = (-5.0, 5.0)
-
-
-HIDDEN = 40  # section 5.1: the regressor has 2 hidden layers of size 40 with ReLU nonlinearities
-
-
-INIT_STD = 0.01  # weight initialisation of the authors' released code (see build_model)
-
-
 # "torch": PyTorch's default nn.Linear initialisation; "maml": the MAML release's (see build_model).
 INITS = ("torch", "maml")
-
-
-
-
 MAX_POINTS = 100_000  # support or query points per task: far past any study, short of exhausting memory
 
 

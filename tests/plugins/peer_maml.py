@@ -276,8 +276,8 @@ def check_lazy_import(plugin_module: str, libraries: tuple[str, ...], build: str
 LAZY_BUILD = (
     "from metaharness_plugins.hparams import MAMLHparams\n"
     "from metaharness_plugins.backends.cpu import CPUBackend\n"
-    "from metaharness_plugins.suites.sinusoid import SinusoidSuite\n"
-    "suite = SinusoidSuite()\n"
+    "from metaharness_plugins.suites.sinusoid import SinusoidConfig, SinusoidSuite\n"
+    "suite = SinusoidSuite(SinusoidConfig())\n"
     "plugin.{cls}(MAMLHparams(), suite.build_model(), suite, CPUBackend())"
 )
 

@@ -22,12 +22,11 @@ from harness.specs import resolve_params  # noqa: E402
 from metaharness_plugins.algorithms.maml import MAML, MAMLHparams  # noqa: E402
 from metaharness_plugins.algorithms.protonet import ProtoNet, ProtoNetHparams  # noqa: E402
 from metaharness_plugins.backends.cpu import CPUBackend  # noqa: E402
+from metaharness_plugins.fewshot.image_sets import IMAGE_SETS, ZENODO  # noqa: E402
 from metaharness_plugins.suites import fewshot_images  # noqa: E402
 from metaharness_plugins.suites.fewshot_images import (  # noqa: E402
     BATCH_NORM,
     CONFIGS,
-    IMAGE_SETS,
-    ZENODO,
     FewShotImagesSuite,
     MiniImageNetConfig,
     check_data,

@@ -95,7 +95,7 @@ def test_meta_gradient_and_adam_steps_equal_the_native(name: str, suite_name: st
         suite: Any = TinySuite(None)
         build, batch = suite.build_model, suite.sample(3, torch.Generator().manual_seed(4), "train")
     else:
-        suite, build, batch = SinusoidSuite(), _sine_model, _sine_batch()
+        suite, build, batch = SinusoidSuite(SinusoidConfig()), _sine_model, _sine_batch()
     rates = {} if name == "l2l-metasgd" else {"inner_lr": 0.5 if suite_name == "tiny" else 0.1}
     native, ours = _pair(name, suite, build, inner_steps=2, meta_lr=0.01, **rates)
     loss_native, grads_native = native.meta_gradient(batch)

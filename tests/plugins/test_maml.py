@@ -72,7 +72,7 @@ def _reference_meta_gradient(
 def test_meta_gradient_matches_hand_unrolled_reference(
     steps: int, first_order: bool, vmap_tasks: bool
 ) -> None:
-    suite, batch = SinusoidSuite(), _tiny_batch()
+    suite, batch = SinusoidSuite(SinusoidConfig()), _tiny_batch()
     hparams = MAMLHparams(inner_lr=0.1, inner_steps=steps, first_order=first_order, vmap_tasks=vmap_tasks)
     algo = MAML(hparams, _tiny_model(), suite, CPUBackend())
     loss, grads = algo.meta_gradient(batch)
@@ -86,7 +86,7 @@ def test_meta_gradient_matches_hand_unrolled_reference(
 
 @pytest.mark.parametrize("steps", [1, 2])
 def test_first_order_drops_a_measurable_second_order_term(steps: int) -> None:
-    suite, batch = SinusoidSuite(), _tiny_batch()
+    suite, batch = SinusoidSuite(SinusoidConfig()), _tiny_batch()
     second = MAML(MAMLHparams(inner_lr=0.1, inner_steps=steps), _tiny_model(), suite, CPUBackend())
     first = MAML(FOMAMLHparams(inner_lr=0.1, inner_steps=steps), _tiny_model(), suite, CPUBackend())
     loss_2, grads_2 = second.meta_gradient(batch)

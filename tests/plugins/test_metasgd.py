@@ -24,7 +24,7 @@ def _tiny_algo(steps: int, vmap_tasks: bool = True) -> MetaSGD:
     torch.manual_seed(7)
     model = nn.Sequential(nn.Linear(1, 6), nn.Tanh(), nn.Linear(6, 1)).double()
     return MetaSGD(
-        MetaSGDHparams(inner_steps=steps, vmap_tasks=vmap_tasks), model, SinusoidSuite(), CPUBackend()
+        MetaSGDHparams(inner_steps=steps, vmap_tasks=vmap_tasks), model, SinusoidSuite(SinusoidConfig()), CPUBackend()
     )
 
 

@@ -28,16 +28,20 @@ from harness.storage import file_sha256  # noqa: E402
 from metaharness_plugins.algorithms.maml import MAML, FOMAMLHparams  # noqa: E402
 from metaharness_plugins.backends.cpu import CPUBackend  # noqa: E402
 from metaharness_plugins.fewshot import omniglot_download  # noqa: E402
-from metaharness_plugins.fewshot.omniglot_archives import cache_key, load_characters, survey_archives  # noqa: E402
+from metaharness_plugins.fewshot.omniglot_archives import (  # noqa: E402  # noqa: E402
+    alphabet_splits,
+    cache_key,
+    load_characters,
+    split_characters,
+    standard_splits,
+    survey_archives,
+)
 from metaharness_plugins.fewshot.suite import SPLITS  # noqa: E402
 from metaharness_plugins.suites import omniglot  # noqa: E402
 from metaharness_plugins.suites.omniglot import (  # noqa: E402
     OmniglotConfig,
     OmniglotSuite,
-    alphabet_splits,
     check_data,
-    split_characters,
-    standard_splits,
 )
 
 DATA = Path(__file__).resolve().parents[3] / "shared" / "data" / "omniglot"

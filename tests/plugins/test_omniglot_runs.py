@@ -20,13 +20,12 @@ from PIL import Image  # noqa: E402
 
 from harness import UsageError  # noqa: E402
 from harness.grid import load_grid  # noqa: E402
+from metaharness_plugins.fewshot.omniglot_runs_files import parse_class_labels, read_runs  # noqa: E402
 from metaharness_plugins.suites.omniglot_runs import (  # noqa: E402
     OmniglotRunsConfig,
     OmniglotRunsSuite,
     background_splits,
     check_runs,
-    parse_class_labels,
-    read_runs,
 )
 from tests.conftest import run_cli  # noqa: E402
 from tests.fixtures.omniglot_runs import RunTruth, write_runs  # noqa: E402
