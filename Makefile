@@ -48,6 +48,8 @@ bench: $(STAMP)
 		--benchmark-json=benchmarks/results/sampling-cpu.json --benchmark-columns=min,median,iqr,rounds
 	$(BIN)/python -m pytest benchmarks/test_bench_overhead.py --benchmark-enable --benchmark-only \
 		--benchmark-json=benchmarks/results/overhead-cpu.json --benchmark-columns=min,median,iqr,rounds
+	$(BIN)/python -m pytest benchmarks/test_bench_maml.py --benchmark-enable --benchmark-only \
+		--benchmark-json=benchmarks/results/maml-cpu.json --benchmark-columns=min,median,iqr,rounds
 
 clean:
 	rm -rf $(VENV) build *.egg-info

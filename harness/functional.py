@@ -15,7 +15,8 @@ Two bases, one per way of computing a meta-gradient:
   graph is alive at a time; then one optimiser step on the accumulated `.grad`.
 
 Free functions for the pieces: `detached`, `snapshot`, `sgd_step`, `inner_loop`, `over_tasks`,
-`gradients`, `optimizer_step`, `backward_per_task`.
+`gradients`, `optimizer_step`, `backward_per_task`. `harness.sequential` adds a faster forward of
+`nn.Sequential` conv nets for second-order inner loops (MAML and Meta-SGD use it on the CPU).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from torch.func import functional_call
 from torch.utils._pytree import tree_map
 
 from harness.base import Algorithm, TaskSuite
+from harness.sequential import SequentialForward
 from harness.specs import TaskBatch
 
 #: A parameter dict: name (as `nn.Module.named_parameters` spells it) -> tensor.
@@ -86,6 +88,7 @@ def inner_loop(
     lr: float | Mapping[str, Tensor],
     *,
     first_order: bool = False,
+    autograd: bool = False,
 ) -> list[Params]:
     """The states after 0..steps SGD steps on `loss(params, x, y)` (MAML's equation 1): steps+1 dicts.
 
@@ -95,8 +98,13 @@ def inner_loop(
     With `first_order` each inner gradient is a constant, evaluated on detached copies so that the
     unused higher-order graph is never built (first-order MAML, Reptile, and test-time adaptation);
     the states then still depend on `params` through the update itself.
+
+    With `autograd` the gradients come from `torch.autograd.grad` (`create_graph` unless first order)
+    instead: no functorch overhead, and it works with custom autograd Functions such as
+    `harness.sequential`'s, but it does not compose with `vmap`, and the second-order path needs
+    `params` that require grad (the meta-parameters themselves).
     """
-    grad_fn = torch.func.grad(loss)
+    grad_fn = _autograd_grad(loss, first_order) if autograd else torch.func.grad(loss)
     states = [dict(params)]
     current = states[0]
     for _ in range(steps):
@@ -107,6 +115,21 @@ def inner_loop(
         current = sgd_step(current, grads, lr)
         states.append(current)
     return states
+
+
+def _autograd_grad(loss: LossFn, first_order: bool) -> Callable[[Params, Tensor, Tensor], Params]:
+    """d loss / d params with torch.autograd (zeros for unused tensors); first order: on fresh leaves."""
+
+    def grad_fn(params: Params, x: Tensor, y: Tensor) -> Params:
+        with torch.enable_grad():
+            if first_order:
+                params = {name: p.detach().requires_grad_() for name, p in params.items()}
+            value = loss(params, x, y)
+            grads = torch.autograd.grad(value, list(params.values()), create_graph=not first_order,
+                                        allow_unused=True, materialize_grads=True)
+        return dict(zip(params, grads))
+
+    return grad_fn
 
 
 # --- tasks of a meta-batch --------------------------------------------------------------------------
@@ -176,7 +199,8 @@ class GradientAlgorithm(Algorithm):
     `nn.Parameter`s themselves: the meta-parameters unless `meta_parameters` adds more). A subclass
     supplies `task_loss(sx, sy, qx, qy)` (one task's query loss after adapting to its support set,
     reading the meta-parameters from `self`) or overrides `meta_loss(batch)`, plus `adapt`. It gets:
-    `loss(params, x, y)`, `predict(state, x)` through `functional_call`, `meta_loss` (the mean task
+    `loss(params, x, y)`, `predict(state, x)` through `functional_call`, `train_loss` (`loss` through
+    `fast_forward`, `harness.sequential`'s, where that applies), `meta_loss` (the mean task
     loss; vmapped when `hparams.vmap_tasks` is true), `meta_gradient(batch) -> (loss, grads)`, and
     `meta_train_step` (one optimiser step on that gradient). The optimiser is made on first use by
     `make_optimizer` (Adam at `hparams.meta_lr` over `meta_parameters()`), so a subclass can add
@@ -224,6 +248,21 @@ class GradientAlgorithm(Algorithm):
     def predict(self, state: Any, x: Tensor) -> Tensor:
         """The model's output with the parameter dict `state` (an adapted state from `adapt`)."""
         return functional_call(self.model, state, (x,))
+
+    @functools.cached_property
+    def fast_forward(self) -> SequentialForward | None:
+        """`harness.sequential`'s forward of the model, used by `train_loss`, when tasks are looped over
+        (not vmapped) on the CPU and the model is a conv net it supports; else None. Its inner loops then
+        need `inner_loop(..., autograd=True)`."""
+        if self.vmap_tasks or self.device.type != "cpu":
+            return None
+        return SequentialForward.of(self.model)
+
+    def train_loss(self, params: Mapping[str, Tensor], x: Tensor, y: Tensor) -> Tensor:
+        """`loss` as meta-training computes it: through `fast_forward` when there is one (equal in exact
+        arithmetic, faster to differentiate twice), else through `functional_call`."""
+        fast = self.fast_forward
+        return self.loss(params, x, y) if fast is None else self.suite.loss(fast(params, x), y)
 
     # --- meta-training ---
 

@@ -22,9 +22,11 @@ class MAML(GradientAlgorithm):
         """The query loss after `inner_steps` SGD steps on the support set, differentiable w.r.t. the
         meta-parameters (second derivatives included unless first order)."""
         hp = self.hparams
-        adapted = inner_loop(self.loss, self.params, sx, sy, hp.inner_steps, hp.inner_lr,
-                             first_order=hp.first_order)[-1]
-        return self.loss(adapted, qx, qy)
+        # Looping over a conv net's tasks on the CPU, `train_loss` is harness.sequential's faster forward
+        # (the same meta-gradient in float64), which takes torch.autograd inner gradients.
+        adapted = inner_loop(self.train_loss, self.params, sx, sy, hp.inner_steps, hp.inner_lr,
+                             first_order=hp.first_order, autograd=self.fast_forward is not None)[-1]
+        return self.train_loss(adapted, qx, qy)
 
     def adapt(self, support_x: torch.Tensor, support_y: torch.Tensor, steps: int) -> list[Params]:
         """States after 0..steps inner SGD steps on one task (the training-time inner loop).

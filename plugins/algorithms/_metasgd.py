@@ -36,8 +36,9 @@ class MetaSGD(GradientAlgorithm):
 
     def task_loss(self, sx: torch.Tensor, sy: torch.Tensor, qx: torch.Tensor, qy: torch.Tensor) -> torch.Tensor:
         """The query loss after `inner_steps` learned-rate steps; differentiable in theta and alpha."""
-        adapted = inner_loop(self.loss, self.params, sx, sy, self.hparams.inner_steps, self.alpha)[-1]
-        return self.loss(adapted, qx, qy)
+        adapted = inner_loop(self.train_loss, self.params, sx, sy, self.hparams.inner_steps, self.alpha,
+                             autograd=self.fast_forward is not None)[-1]
+        return self.train_loss(adapted, qx, qy)
 
     def adapt(self, support_x: torch.Tensor, support_y: torch.Tensor, steps: int) -> list[Params]:
         """States after 0..steps learned-rate steps on one task; detached, fine under `torch.no_grad()`."""

@@ -9,7 +9,11 @@ constants, which drops the second-derivative (Hessian-vector) terms from the met
 
 Written on `harness.functional`: parameters are dicts of tensors evaluated with
 `torch.func.functional_call`, the inner gradient is `torch.func.grad`, and tasks of a meta-batch are
-vectorised with `torch.func.vmap` or looped over.
+vectorised with `torch.func.vmap` or looped over. Looping over the tasks of a conv net on the CPU,
+meta-training runs the model through `harness.sequential` (channels-last activations, pooling before
+ReLU, written-out second derivatives of convolution and batch norm: the same meta-gradient in float64)
+with `torch.autograd` inner gradients; benchmarks/test_bench_maml.py times it against learn2learn's.
+Test-time adaptation always takes the plain `functional_call` path.
 """
 
 from __future__ import annotations

@@ -20,6 +20,7 @@ from metaharness_plugins.algorithms.maml import MAML, FOMAMLHparams, MAMLHparams
 from metaharness_plugins.algorithms.pretrain import Pretrain, PretrainHparams
 from metaharness_plugins.backends.cpu import CPUBackend
 from metaharness_plugins.suites.sinusoid import SinusoidConfig, SinusoidSuite
+from tests.plugins.helpers import TinySuite
 
 Evaluate = Callable[[Algorithm, int], torch.Tensor]
 MetaTrain = Callable[..., list[float]]
@@ -240,3 +241,54 @@ def test_fomaml_improves_clearly_over_its_initialisation(
     curve = evaluate(fomaml, 10)
     # Measured: 1.10 after 10 steps, from 3.96.
     assert curve[10] < 0.5 * init_curve[10]
+
+
+class _Images(TinySuite):
+    """3-way classification of 1 x 12 x 12 float64 images, for a small conv net with batch norm."""
+
+    def sample(self, n_tasks: int, generator: torch.Generator, split: str) -> TaskBatch:
+        batch = super().sample(n_tasks, generator, split)
+        images = lambda n: torch.randn(n_tasks, n, 1, 12, 12, generator=generator, dtype=torch.float64)
+        return TaskBatch(images(6), batch.support_y, images(6), batch.query_y)
+
+    def build_model(self) -> nn.Module:
+        return nn.Sequential(
+            nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4, track_running_stats=False), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(4, 4, 3, padding=1), nn.BatchNorm2d(4, track_running_stats=False), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Flatten(), nn.Linear(36, 3)).double()
+
+
+@pytest.mark.parametrize(("steps", "first_order"), [(1, False), (2, False), (1, True)])
+def test_conv_nets_take_the_fast_path_with_the_same_meta_gradient(steps: int, first_order: bool) -> None:
+    """Looping over a conv net's tasks on the CPU, meta-training runs through harness.sequential: float64
+    meta-loss, meta-gradient and Adam steps equal the plain functional_call path's."""
+    suite = _Images(None)
+    batch = suite.sample(3, torch.Generator().manual_seed(4), "train")
+    hparams = MAMLHparams(inner_lr=0.5, inner_steps=steps, first_order=first_order, meta_lr=0.01, vmap_tasks=False)
+    algos = []
+    for fast in (True, False):
+        torch.manual_seed(0)
+        algo = MAML(hparams, suite.build_model(), suite, CPUBackend())
+        assert algo.fast_forward is not None
+        if not fast:
+            algo.fast_forward = None
+        algos.append(algo)
+    (loss_f, grads_f), (loss_p, grads_p) = (a.meta_gradient(batch) for a in algos)
+    assert loss_f == pytest.approx(loss_p, abs=1e-12)
+    for name in grads_p:
+        torch.testing.assert_close(grads_f[name], grads_p[name], rtol=0, atol=1e-11)
+    for _ in range(2):
+        assert algos[0].meta_train_step(batch) == pytest.approx(algos[1].meta_train_step(batch), abs=1e-12)
+    # A conv bias before batch norm changes nothing (the norm subtracts it): its gradient is rounding noise,
+    # which Adam's normalised step turns into +-lr either way; every other tensor moves alike.
+    for name, p in algos[1].meta_parameters().items():
+        if name not in ("0.bias", "4.bias"):
+            torch.testing.assert_close(algos[0].meta_parameters()[name], p, rtol=0, atol=1e-11)
+
+
+def test_the_fast_path_is_only_for_looped_conv_nets(suite: SinusoidSuite, backend: CPUBackend) -> None:
+    images = _Images(None)
+    assert MAML(MAMLHparams(), suite.build_model(), suite, backend).fast_forward is None  # an MLP
+    assert MAML(FOMAMLHparams(), images.build_model(), images, backend).fast_forward is None  # vmapped
+    # Second order through batch norm is never vmapped (harness.functional), so it is looped, and fast.
+    assert MAML(MAMLHparams(), images.build_model(), images, backend).fast_forward is not None

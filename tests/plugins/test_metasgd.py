@@ -15,6 +15,7 @@ from metaharness_plugins.algorithms import metasgd as metasgd_module
 from metaharness_plugins.algorithms.metasgd import MetaSGD, MetaSGDHparams
 from metaharness_plugins.backends.cpu import CPUBackend
 from metaharness_plugins.suites.sinusoid import SinusoidConfig, SinusoidSuite
+from tests.plugins.test_maml import _Images
 
 Evaluate = Callable[[Algorithm, int], torch.Tensor]
 MetaTrain = Callable[..., list[float]]
@@ -160,3 +161,22 @@ def test_metasgd_learns_alpha_and_improves_over_its_initialisation(
     assert sum(losses[-100:]) < 0.5 * sum(losses[:100])
     # Measured (seed 0, 600 iterations, 200 test tasks, K = 10): 0.53 after one step, from 4.07.
     assert curve[1] < 0.25 * init_curve[1]
+
+
+def test_conv_nets_take_the_fast_path_with_the_same_meta_gradient() -> None:
+    """As MAML's: harness.sequential's forward for a looped conv net, the same float64 meta-gradient of
+    theta and alpha as the plain functional_call path."""
+    suite = _Images(None)
+    batch = suite.sample(3, torch.Generator().manual_seed(4), "train")
+    results = []
+    for fast in (True, False):
+        torch.manual_seed(0)
+        algo = MetaSGD(MetaSGDHparams(inner_steps=2, vmap_tasks=False), suite.build_model(), suite, CPUBackend())
+        assert algo.fast_forward is not None
+        if not fast:
+            algo.fast_forward = None
+        results.append(algo.meta_gradient(batch))
+    (loss_f, grads_f), (loss_p, grads_p) = results
+    assert loss_f == pytest.approx(loss_p, abs=1e-12) and list(grads_f) == list(grads_p)
+    for name in grads_p:
+        torch.testing.assert_close(grads_f[name], grads_p[name], rtol=0, atol=1e-11)
