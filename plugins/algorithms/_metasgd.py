@@ -9,10 +9,8 @@ from torch import nn
 
 from harness import TaskSuite
 from harness.functional import GradientAlgorithm, Params, detached, inner_loop, snapshot
-from metaharness_plugins.algorithms.metasgd import (
-    ALPHA_PREFIX,
-    MetaSGDHparams,
-)
+
+ALPHA_PREFIX = "alpha."  # names of the learned learning rates among the meta-parameters
 
 
 class MetaSGD(GradientAlgorithm):
@@ -25,7 +23,7 @@ class MetaSGD(GradientAlgorithm):
 
     second_order = True
 
-    def __init__(self, hparams: MetaSGDHparams, model: nn.Module, suite: TaskSuite, backend: Any) -> None:
+    def __init__(self, hparams: Any, model: nn.Module, suite: TaskSuite, backend: Any) -> None:
         super().__init__(hparams, model, suite, backend)
         low, high = hparams.alpha_init
         # alpha is drawn from torch's global RNG (seeded by the harness) after the model is built.

@@ -20,8 +20,6 @@ from dataclasses import dataclass
 from harness import AlgorithmSpec, forward_attributes, hookimpl
 from metaharness_plugins import hparams as shared
 
-ALPHA_PREFIX = "alpha."  # names of the learned learning rates among the meta-parameters
-
 
 @dataclass(frozen=True)
 class MetaSGDHparams(shared.MetaSGDHparams):
