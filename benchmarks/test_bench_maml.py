@@ -1,4 +1,4 @@
-"""Second-order MAML per meta-iteration, native against learn2learn's, on real Omniglot: conv4, 5-way
+"""Second-order MAML per meta-iteration, native against learn2learn's, torchmeta's, higher's and TorchOpt's, on real Omniglot: conv4, 5-way
 1-shot, 5 query images per class, meta-batch 16, one inner step (inner_lr 0.4), at one and two threads.
 
 The results file benchmarks/results/maml-cpu.json is committed; it was written by
@@ -9,7 +9,8 @@ The results file benchmarks/results/maml-cpu.json is committed; it was written b
 on a 2-core CPU shared with other jobs. Two kinds of entries:
 
 - `test_meta_iteration[threads-name]`: pytest-benchmark's statistics of `meta_train_step` of `maml`
-  (native) and `l2l-maml` on one fixed batch and model, one after the other;
+  (native), `l2l-maml`, `tm-maml`, `higher-maml` and `torchopt-maml` on one fixed batch and model (the
+  same weights), one after the other;
 - `test_side_by_side[threads]`: the two alternated round by round, with the native's plain
   `functional_call` path as a third (`maml-plain`: the default before harness.sequential); the
   machine's load drifts, so the ratios of medians measured side by side are the figures to quote.
@@ -48,7 +49,9 @@ from metaharness_plugins.suites.omniglot import OmniglotConfig, OmniglotSuite, c
 TASKS = 16
 HPARAMS = {"inner_lr": 0.4, "inner_steps": 1, "meta_batch_size": TASKS}
 NATIVE = {**HPARAMS, "vmap_tasks": False}
-ALGORITHMS = {"maml": NATIVE, "l2l-maml": HPARAMS}
+#: The native MAML and every peer library's, with the native hyper-parameters, on the same batch and weights.
+ALGORITHMS = {"maml": NATIVE, "l2l-maml": HPARAMS, "tm-maml": HPARAMS, "higher-maml": HPARAMS,
+              "torchopt-maml": HPARAMS}
 THREADS = (1, 2)
 ROUNDS = 15  # side by side: rounds of each
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -112,6 +115,8 @@ def _deviation(grads: dict[str, torch.Tensor], reference: dict[str, torch.Tensor
 @pytest.mark.parametrize("name", list(ALGORITHMS))
 @pytest.mark.parametrize("threads", THREADS, indirect=True)
 def test_meta_iteration(benchmark, episodes: tuple[OmniglotSuite, TaskBatch], threads: int, name: str) -> None:
+    if REGISTRY.algorithm(name).available is False:
+        pytest.skip(REGISTRY.algorithm(name).reason)
     suite, batch = episodes
     algo = _build(name, suite)
     benchmark.group = f"second-order MAML meta-iteration, conv4 Omniglot 5w1s 5q, {TASKS} tasks, {threads} thread(s)"
