@@ -21,7 +21,28 @@ from metaharness_plugins.hparams import (
 ALPHA_PREFIX = "alpha."  # names of Meta-SGD's learned learning rates, as the native metasgd names them
 
 
-class L2LMAML(TaskLoopAlgorithm):
+class _CloneAndAdapt(TaskLoopAlgorithm):
+    """learn2learn's loop as its MAML and MetaSGD examples write it: `clone()` the wrapped model per task,
+    `adapt()` it on the support loss, score the query; `self.learner` is the learn2learn wrapper."""
+
+    learner: Any
+
+    def task_loss(self, sx: Tensor, sy: Tensor, qx: Tensor, qy: Tensor) -> Tensor:
+        learner = self.learner.clone()
+        for _ in range(self.hparams.inner_steps):
+            learner.adapt(self.suite.loss(learner(sx), sy))
+        return self.suite.loss(learner(qx), qy)
+
+    def _states(self, learner: Any, x: Tensor, y: Tensor, steps: int, **adapt: Any) -> list[Params]:
+        """The (detached) parameters of a clone after 0..steps `adapt()` calls on (x, y)."""
+        states = [detached(dict(learner.module.named_parameters()))]
+        for _ in range(steps):
+            learner.adapt(self.suite.loss(learner(x), y), **adapt)
+            states.append(detached(dict(learner.module.named_parameters())))
+        return states
+
+
+class L2LMAML(_CloneAndAdapt):
     """MAML / first-order MAML with `learn2learn.algorithms.MAML`: per task `clone()`, `adapt()` on the
     support loss `inner_steps` times, query loss. States are parameter dicts, named as in the model."""
 
@@ -30,25 +51,14 @@ class L2LMAML(TaskLoopAlgorithm):
         l2l = import_learn2learn()
         self.learner = l2l.algorithms.MAML(self.model, lr=hparams.inner_lr, first_order=hparams.first_order)
 
-    def task_loss(self, sx: Tensor, sy: Tensor, qx: Tensor, qy: Tensor) -> Tensor:
-        learner = self.learner.clone()
-        for _ in range(self.hparams.inner_steps):
-            learner.adapt(self.suite.loss(learner(sx), sy))
-        return self.suite.loss(learner(qx), qy)
-
     def adapt(self, support_x: Tensor, support_y: Tensor, steps: int) -> list[Params]:
         """Parameters after 0..steps first-order `adapt()` calls (test time needs no second order);
         gradients are enabled inside, so it works under the caller's `torch.no_grad()`."""
         with torch.enable_grad():
-            learner = self.learner.clone(first_order=True)
-            states = [detached(dict(learner.module.named_parameters()))]
-            for _ in range(steps):
-                learner.adapt(self.suite.loss(learner(support_x), support_y))
-                states.append(detached(dict(learner.module.named_parameters())))
-        return states
+            return self._states(self.learner.clone(first_order=True), support_x, support_y, steps)
 
 
-class L2LMetaSGD(TaskLoopAlgorithm):
+class L2LMetaSGD(_CloneAndAdapt):
     """Meta-SGD with `learn2learn.algorithms.MetaSGD`, its learning rates drawn as the native one draws
     them; meta-parameters are the weights and `alpha.<name>` (learn2learn's `lrs`)."""
 
@@ -62,21 +72,10 @@ class L2LMetaSGD(TaskLoopAlgorithm):
         )
         self.learner = l2l.algorithms.MetaSGD(self.model, lrs=lrs)
 
-    def task_loss(self, sx: Tensor, sy: Tensor, qx: Tensor, qy: Tensor) -> Tensor:
-        learner = self.learner.clone()
-        for _ in range(self.hparams.inner_steps):
-            learner.adapt(self.suite.loss(learner(sx), sy))
-        return self.suite.loss(learner(qx), qy)
-
     def adapt(self, support_x: Tensor, support_y: Tensor, steps: int) -> list[Params]:
         """Parameters after 0..steps learned-rate steps (first order: nothing is differentiated later)."""
         with torch.enable_grad():
-            learner = self.learner.clone()
-            states = [detached(dict(learner.module.named_parameters()))]
-            for _ in range(steps):
-                learner.adapt(self.suite.loss(learner(support_x), support_y), first_order=True)
-                states.append(detached(dict(learner.module.named_parameters())))
-        return states
+            return self._states(self.learner.clone(), support_x, support_y, steps, first_order=True)
 
     def meta_parameters(self) -> Params:
         names = [name for name, _ in self.model.named_parameters()]
