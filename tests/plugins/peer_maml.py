@@ -262,14 +262,7 @@ def check_lazy_import(plugin_module: str, libraries: tuple[str, ...], build: str
         f"{build}\n"
         f"assert all(m in sys.modules for m in {libraries!r})\nprint('ok')\n"
     )
-    out = subprocess.run(
-        [sys.executable, "-W", "error", "-c", code],
-        check=False,
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    out = run_python(code)
     assert (out.returncode, out.stdout, out.stderr) == (0, "ok\n", "")
 
 
@@ -322,3 +315,9 @@ def check_grid_runs_through_the_cli(prefix: str, tmp_path: Any, write_grid: Call
     assert sorted((r["cell"]["algorithm"], r["cell"]["suite"], r["status"]) for r in records) == sorted(
         (f"{prefix}{name}", suite, "ok") for name in ("maml", "fomaml") for suite in suites)
     assert all(r["metric"]["mean"] > 0 for r in records)
+
+
+def run_python(code: str) -> subprocess.CompletedProcess:
+    """`code` in a fresh interpreter at the repository root, warnings as errors (as pytest runs)."""
+    return subprocess.run([sys.executable, "-W", "error", "-c", code], check=False, cwd=REPO,
+                          capture_output=True, text=True, timeout=300)

@@ -8,8 +8,6 @@ and a grid run through the CLI."""
 from __future__ import annotations
 
 import importlib.util
-import subprocess
-import sys
 from collections.abc import Callable
 
 import pytest
@@ -26,7 +24,6 @@ from metaharness_plugins.algorithms.torchmeta_maml import (
 from metaharness_plugins.backbones import conv4
 from metaharness_plugins.backends.cpu import CPUBackend
 from metaharness_plugins.suites.omniglot import OmniglotConfig, OmniglotSuite
-from tests.conftest import REPO
 from tests.plugins import peer_maml
 
 if importlib.util.find_spec("torchmeta") is None:
@@ -83,20 +80,9 @@ def test_a_model_it_cannot_rebuild_is_a_clear_error() -> None:
 # --- the import shim -------------------------------------------------------------------------------------
 
 
-def _python(code: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-W", "error", "-c", code],
-        check=False,
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-
-
 def test_torchmeta_needs_the_shim_to_import_on_this_torchvision() -> None:
     """Why import_torchmeta exists (if this fails, torchvision or torchmeta changed: drop the shim)."""
-    out = _python("import torchmeta")
+    out = peer_maml.run_python("import torchmeta")
     assert out.returncode == 1
     assert "cannot import name '_get_confirm_token' from 'torchvision.datasets.utils'" in out.stderr
 
@@ -113,7 +99,7 @@ def test_the_shim_adds_only_missing_names_and_they_explain_themselves() -> None:
         "assert tm._save_response_content is mine and tm._get_confirm_token is tv._get_confirm_token\n"
         "try:\n    tm._get_confirm_token(None)\nexcept RuntimeError as exc:\n    print(exc)\n"
     )
-    out = _python(code)
+    out = peer_maml.run_python(code)
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith("torchvision.datasets.utils._get_confirm_token was removed from torchvision")
     assert "torchmeta's Google-Drive dataset downloads do not work" in out.stdout
