@@ -15,7 +15,7 @@ import pluggy
 from harness.errors import GridError, HarnessError, PluginError, UsageError
 
 if TYPE_CHECKING:
-    from harness.base import Algorithm, Backend, TaskSuite, split_classifier
+    from harness.base import Algorithm, Backend, Predictor, TaskSuite, split_classifier
     from harness.specs import (
         AlgorithmSpec,
         BackendSpec,
@@ -33,7 +33,7 @@ __version__ = "0.1.0"
 hookimpl = pluggy.HookimplMarker("harness")
 
 _LAZY = {
-    **dict.fromkeys(("Algorithm", "Backend", "TaskSuite", "split_classifier"), "harness.base"),
+    **dict.fromkeys(("Algorithm", "Backend", "Predictor", "TaskSuite", "split_classifier"), "harness.base"),
     **dict.fromkeys(("AlgorithmSpec", "BackendSpec", "Budget", "Cell", "LazyFactory", "TaskBatch", "TaskSuiteSpec",
                      "check_ranges", "forward_attributes"), "harness.specs"),
 }
@@ -58,6 +58,7 @@ __all__ = [
     "HarnessError",
     "LazyFactory",
     "PluginError",
+    "Predictor",
     "TaskBatch",
     "TaskSuite",
     "TaskSuiteSpec",

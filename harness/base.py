@@ -59,9 +59,85 @@ class TaskSuite(abc.ABC):
     def metric(self, prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """The reported metric of one task's predictions (a scalar tensor)."""
 
-    def describe(self) -> dict[str, Any]:
-        """Extra facts for the record (data files, checksums, ...)."""
+    def score(self, predictor: Predictor, query_x: torch.Tensor, query_y: torch.Tensor) -> torch.Tensor:
+        """The metric of one adapted learner on one episode's query set (no task dimension).
+
+        The runner calls this for every state `adapt` returns, for every validation and test episode, and
+        not under `torch.no_grad`: a suite that scores more than outputs may use the predictor itself, e.g.
+        differentiate it with respect to its input (`Predictor.derivatives`) or read its state. The
+        default scores the outputs: `metric(predictor(query_x), query_y)`, without a graph.
+        """
+        import torch
+
+        with torch.no_grad():
+            return self.metric(predictor(query_x), query_y)
+
+    def adaptation_steps(self, split: str) -> int | None:
+        """How many steps `adapt` takes on a validation or test episode of `split`; None (the default)
+        leaves it to the algorithm (`Algorithm.test_steps`). A suite whose tasks fix the horizon (an
+        optimisation problem run for T optimiser steps) returns it."""
+        return None
+
+    #: Column labels of the metrics `trajectory_metrics` returns (name -> label); lower is better for all.
+    trajectory_labels: ClassVar[dict[str, str]] = {}
+
+    def trajectory_metrics(self, values: list[float]) -> dict[str, float]:
+        """Metrics of one episode computed from its metric after 0, 1, ..., steps adaptation steps
+        (`values[k]` is `score` after k steps): the area under a loss curve, the steps to reach a target.
+        The runner records the mean and 95% interval of each over the test episodes and the leaderboard
+        shows them beside the metric. The default has none."""
         return {}
+
+    def describe(self) -> dict[str, Any]:
+        """Extra facts for the record (data files, checksums, ...). A key "leaderboard_note" holds a
+        sentence the leaderboard prints under the table (say, that the test tasks are out of distribution)."""
+        return {}
+
+
+class Predictor:
+    """An adapted learner as a function of its inputs: `algorithm.predict(state, x)`, what `TaskSuite.score`
+    is given. `state` is one of the states `Algorithm.adapt` returned."""
+
+    def __init__(self, algorithm: Algorithm, state: Any) -> None:
+        self.algorithm = algorithm
+        self.state = state
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.algorithm.predict(self.state, x)
+
+    def derivatives(self, x: torch.Tensor, order: int) -> list[torch.Tensor]:
+        """[df/dx, ..., d^order f/dx^order] at the points `x` ([points, 1]), each shaped like `self(x)`, detached.
+
+        A learner that answers derivatives itself (`Algorithm.predict_derivatives`) is asked; otherwise
+        the adapted function is differentiated with respect to its input by autograd. That needs scalar
+        inputs and a pointwise predictor (output row q depends on x[q] alone, as for an MLP), so the
+        derivative of the summed outputs is every point's own derivative.
+        """
+        import torch
+
+        if not isinstance(order, int) or isinstance(order, bool) or order < 1:
+            raise ValueError(f"order must be a positive integer, got {order!r}")
+        direct = self.algorithm.predict_derivatives(self.state, x, order)
+        if direct is not None:
+            if len(direct) != order:
+                raise RuntimeError(f"{type(self.algorithm).__name__}.predict_derivatives returned {len(direct)} "
+                                   f"derivatives for order {order}; it must return one per order")
+            return [d.detach() for d in direct]
+        if x.dim() != 2 or x.shape[-1] != 1:
+            raise ValueError(f"derivatives with respect to the input need scalar inputs shaped [points, 1], "
+                             f"got {tuple(x.shape)}")
+        with torch.enable_grad():
+            point = x.detach().requires_grad_(True)
+            value = self(point)
+            out: list[torch.Tensor] = []
+            for k in range(1, order + 1):
+                grad = None
+                if value.requires_grad:
+                    (grad,) = torch.autograd.grad(value.sum(), point, create_graph=k < order, allow_unused=True)
+                # No path to the input (a constant function, or a piecewise-linear net's second derivative).
+                value = torch.zeros_like(point) if grad is None else grad
+                out.append(value.detach())
+        return out
 
 
 class Algorithm(abc.ABC):
@@ -104,6 +180,18 @@ class Algorithm(abc.ABC):
     @abc.abstractmethod
     def predict(self, state: Any, x: torch.Tensor) -> torch.Tensor:
         """Predictions of an adapted state on inputs `x`."""
+
+    def predict_derivatives(self, state: Any, x: torch.Tensor, order: int) -> list[torch.Tensor] | None:
+        """[df/dx, ..., d^order f/dx^order] of an adapted state at `x`, for a learner that answers
+        derivatives directly (finite differences, a fitted spline); None (the default) means "differentiate
+        `predict` with respect to its input" (`Predictor.derivatives`)."""
+        return None
+
+    def describe(self) -> dict[str, Any]:
+        """Facts for the record ("algorithm_info"). A key "chosen" maps hyper-parameters the algorithm chose
+        itself while meta-training (a learning rate tuned on meta-training tasks) to their values; the
+        leaderboard shows them. The default says nothing."""
+        return {}
 
     def num_parameters(self) -> int:
         return sum(int(t.numel()) for t in self.meta_parameters().values())

@@ -89,7 +89,7 @@ def build_record(cell: Cell, resolved: dict[str, Any], outcome: dict[str, Any], 
         "started_at": started_at,
         "finished_at": finished_at,
     }
-    for key in ("metric", "timings", "memory", "params", "suite_info", "curve", "best"):
+    for key in ("metric", "timings", "memory", "params", "suite_info", "algorithm_info", "curve", "best"):
         record[key] = outcome.get("result", {}).get(key)
     if record["timings"] is not None:
         record["timings"]["cell_s"] = (datetime.fromisoformat(finished_at) - datetime.fromisoformat(started_at)).total_seconds()

@@ -40,7 +40,15 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import GridError, ParamError, UsageError, unknown_name
-from harness.specs import MAX_SEED, Budget, Cell, is_sequence_field, params_dict, resolve_params
+from harness.specs import (
+    MAX_SEED,
+    Budget,
+    Cell,
+    format_params,
+    is_sequence_field,
+    params_dict,
+    resolve_params,
+)
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -275,6 +283,13 @@ def _expand_block(block: _Block, grid: Grid, seen: dict[str, tuple[int, Cell]], 
                 grid.skipped.append(Skipped(cell, "skipped", f"algorithm {a_name!r} supports "
                                     f"{'/'.join(sorted(a_reg.spec.task_kinds))} tasks; suite {s_name!r} is {kind}"))
             continue
+        impossible = _pair_check(a_reg, a_cfg, s_reg, s_cfg)
+        if impossible:
+            if not (block.all_algorithms or block.all_suites):
+                raise where.error("algorithms", f"algorithm {a_name!r} cannot run on suite {s_name!r} with "
+                                  f"{format_params(s_cfg) or 'its defaults'}: {impossible}", block.line)
+            grid.skipped.append(Skipped(cell, "skipped", f"algorithm {a_name!r} on suite {s_name!r}: {impossible}"))
+            continue
         for reg, what in ((b_reg, "backend"), (a_reg, "algorithm"), (s_reg, "suite")):
             if not reg.available:
                 grid.skipped.append(Skipped(cell, "unavailable", f"{what} {reg.spec.name!r} unavailable: {reg.reason}"))
@@ -292,6 +307,15 @@ def _suite_check(reg: Any, overrides: dict[str, Any]) -> str:
     if reg.spec.check is None or not reg.available:
         return ""
     return reg.spec.check(resolve_params(reg.spec.config, overrides, f"suite {reg.spec.name!r}"))
+
+
+def _pair_check(a_reg: Any, a_cfg: dict[str, Any], s_reg: Any, s_cfg: dict[str, Any]) -> str:
+    """The algorithm's own "can it run on this suite configuration" check ('' when it can, or has none)."""
+    if a_reg.spec.check is None or not a_reg.available or not s_reg.available:
+        return ""
+    hparams = resolve_params(a_reg.spec.hparams, a_cfg, f"algorithm {a_reg.spec.name!r}")
+    suite_config = resolve_params(s_reg.spec.config, s_cfg, f"suite {s_reg.spec.name!r}")
+    return a_reg.spec.check(hparams, s_reg.spec.name, suite_config)
 
 
 #: Marks an entry that a CLI filter added to a block that did not name it (run with defaults).

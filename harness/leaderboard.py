@@ -66,6 +66,16 @@ def _aggregate(records: list[dict[str, Any]]) -> dict[str, Any]:
         for entry in m.get("per_step") or []:
             if isinstance(entry.get("step"), int) and isinstance(entry.get("mean"), (int, float)):
                 per_step[entry["step"]].append(entry["mean"])
+    trajectory: dict[str, list[tuple[float, float]]] = defaultdict(list)
+    for m in metrics:
+        for name, entry in (m.get("trajectory") or {}).items():
+            if isinstance(entry, dict) and isinstance(entry.get("mean"), (int, float)):
+                trajectory[name].append((entry["mean"], entry.get("ci95") or math.nan))
+    trajectory_columns = {}
+    for name, pairs in trajectory.items():  # aggregated over seeds as the headline metric is
+        t_mean, t_ci, _ = mean_ci95([p[0] for p in pairs]) if len(pairs) > 1 else (pairs[0][0], pairs[0][1], 0.0)
+        trajectory_columns[f"trajectory_{name}_mean"] = t_mean
+        trajectory_columns[f"trajectory_{name}_ci95"] = t_ci
     timings = [r.get("timings") or {} for r in records]
     peaks = [(r.get("memory") or {}).get("peak_bytes") for r in records]
     peaks = [p for p in peaks if isinstance(p, (int, float))]
@@ -84,7 +94,21 @@ def _aggregate(records: list[dict[str, Any]]) -> dict[str, Any]:
         "params": params[0] if params else None,
         "_per_step": {step: math.fsum(v) / len(v) for step, v in per_step.items()},
         "final_step": metrics[0].get("final_step") if metrics else None,
+        "chosen": _chosen(records),
+        "_trajectory": trajectory_columns,
     }
+
+
+def _chosen(records: list[dict[str, Any]]) -> str:
+    """What the algorithm chose itself while meta-training (`Algorithm.describe()["chosen"]`), per
+    hyper-parameter, with every seed's value where seeds chose differently: `lr=0.01` or `lr=0.01/0.03`."""
+    values: dict[str, list[str]] = defaultdict(list)
+    for r in records:
+        for name, value in (((r.get("algorithm_info") or {}).get("chosen")) or {}).items():
+            text = f"{value:.3g}" if isinstance(value, float) else str(value)
+            if text not in values[name]:
+                values[name].append(text)
+    return ", ".join(f"{name}={'/'.join(v)}" for name, v in sorted(values.items()))
 
 
 def _lookup_reported(
@@ -159,12 +183,22 @@ def _build_table(grid: str, suite_label: str, records: list[dict[str, Any]], rep
             row["reported"] = _lookup_reported(reported, suite, suite_label, algo, algo_label)
         rows.append(row)
     steps = _pick_steps(rows)
+    trajectory_names: list[str] = []
     for row in rows:
         per_step = row.pop("_per_step")
         row.update({f"metric_step_{step}": per_step.get(step, math.nan) for step in steps})
+        extra = row.pop("_trajectory")
+        row.update(extra)
+        trajectory_names += [c for c in extra if c not in trajectory_names]
+    # Labels of the suite's trajectory metrics, as the records carry them.
+    trajectory_labels = {name: entry.get("label") or name.replace("_", " ")
+                         for r in ok for name, entry in ((r.get("metric") or {}).get("trajectory") or {}).items()
+                         if isinstance(entry, dict)}
     columns = [
         *_COLUMNS_HEAD,
         *(f"metric_step_{s}" for s in steps),
+        *trajectory_names,
+        *(["chosen"] if any(row["chosen"] for row in rows) else []),
         *(["reported"] if reported is not None else []),
     ]
     frame = pd.DataFrame(rows, columns=[*columns, *_COLUMNS_TAIL])
@@ -184,9 +218,13 @@ def _build_table(grid: str, suite_label: str, records: list[dict[str, Any]], rep
         notes.append(_failure_note([r for r in records if r.get("status") != "ok"]))
     if pending:
         notes.append(_pending_note(pending, grid))
+    # What the suite asks to be said under its table (out-of-distribution test tasks, ...).
+    for note in dict.fromkeys(str((r.get("suite_info") or {}).get("leaderboard_note") or "") for r in ok):
+        if note:
+            notes.insert(0, note)
     description = _describe(ok, label, higher, set(frame["ci_over"]))
     frame.attrs = {"grid": grid, "suite": suite_label, "metric": metric, "metric_label": label,
-                   "higher_is_better": higher,
+                   "higher_is_better": higher, "trajectory_labels": trajectory_labels,
                    "description": description, "notes": notes}  # fmt: skip
     return frame
 
@@ -282,6 +320,12 @@ def display_table(table: pd.DataFrame) -> pd.DataFrame:
     for column in table.columns:
         if column.startswith("metric_step_"):
             out[f"{name}@{column.removeprefix('metric_step_')}"] = _fmt_column(table[column])
+    for name, label in table.attrs.get("trajectory_labels", {}).items():
+        if f"trajectory_{name}_mean" in table:
+            out[f"{label} ↓"] = [_mean_ci(m, c) for m, c in
+                                 zip(table[f"trajectory_{name}_mean"], table[f"trajectory_{name}_ci95"], strict=True)]
+    if "chosen" in table:
+        out["chosen"] = table["chosen"].fillna("").astype(str)
     if "reported" in table:
         out["reported"] = table["reported"].fillna("").astype(str)
     for source, header in (

@@ -243,14 +243,17 @@ _RECORD_FIELDS: dict[str, tuple[tuple[type, ...], bool]] = {
     "execution": ((dict,), False), "started_at": ((str,), False), "finished_at": ((str,), False),
     "metric": ((dict, _NONE), False), "timings": ((dict, _NONE), False), "memory": ((dict, _NONE), False),
     "params": ((int, _NONE), False), "suite_info": ((dict, _NONE), False), "curve": ((list, _NONE), False),
-    "best": ((dict, _NONE), False), "traceback": ((str,), False),
+    "best": ((dict, _NONE), False), "traceback": ((str,), False), "algorithm_info": ((dict, _NONE), False),
 }
 _CELL_FIELDS = {"algorithm": ((str,), True), "suite": ((str,), True), "backend": ((str,), True),
                 "seed": ((int,), True), "hparams": ((dict,), False), "suite_config": ((dict,), False),
                 "budget": ((dict,), False), "grid": ((str,), False), "reported": ((str,), False)}
 _METRIC_FIELDS = {"name": ((str,), False), "label": ((str,), False), "higher_is_better": ((bool,), False), "mean": ((*_NUM, _NONE), False),
                   "ci95": ((*_NUM, _NONE), False), "std": ((*_NUM, _NONE), False), "n": ((int, _NONE), False),
-                  "final_step": ((int, _NONE), False), "per_step": ((list,), False), "episodes": ((str,), False)}
+                  "final_step": ((int, _NONE), False), "per_step": ((list,), False), "episodes": ((str,), False),
+                  "trajectory": ((dict,), False)}
+_TRAJECTORY_FIELDS = {"mean": ((*_NUM, _NONE), False), "ci95": ((*_NUM, _NONE), False), "n": ((int,), False),
+                      "label": ((str,), False)}
 _STEP_FIELDS = {"step": ((int,), True), "mean": ((*_NUM, _NONE), False), "ci95": ((*_NUM, _NONE), False)}
 _MEMORY_FIELDS = {"peak_bytes": ((*_NUM, _NONE), False), "kind": ((str,), False)}
 _EXECUTION_FIELDS = {"mode": ((str,), False), "exclusive": ((bool,), False), "shared_with": ((int,), False)}
@@ -310,6 +313,9 @@ def record_problem(record: Any) -> str:
               (record.get("execution") or {}, _EXECUTION_FIELDS, "execution"), (metric, _METRIC_FIELDS, "metric")]
     nested += [(step, _STEP_FIELDS, f"metric.per_step[{i}]") for i, step in enumerate(metric.get("per_step") or [])]
     nested += [(point, _CURVE_FIELDS, f"curve[{i}]") for i, point in enumerate(record.get("curve") or [])]
+    trajectory = metric.get("trajectory") if isinstance(metric, dict) else None
+    nested += [(entry, _TRAJECTORY_FIELDS, f"metric.trajectory.{name}") for name, entry in
+               (trajectory.items() if isinstance(trajectory, dict) else ())]
     for table, fields, where in nested:
         if not isinstance(table, dict):
             return f"{where} is a {type(table).__name__}, expected an object"

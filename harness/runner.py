@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import pluggy
 
+from harness.base import Predictor
 from harness.cells import resolve_cell
 from harness.measure import Stopwatch, mean_ci95
 from harness.results import capture_environment
@@ -151,7 +152,7 @@ def harness_run_cell(cell: Cell, context: CellContext) -> dict[str, Any]:
         out_of_time = budget.time_limit is not None and time.perf_counter() - start - val_s >= budget.time_limit
         if iteration % budget.val_interval == 0 or iteration == budget.iterations or out_of_time:
             t0 = time.perf_counter()
-            val = _mean_final(evaluate(algo, val_batch, algo.test_steps))
+            val = _mean_final(evaluate(algo, val_batch, eval_steps(algo, "val")))
             val_s += time.perf_counter() - t0
             if not math.isfinite(val):
                 raise Diverged(f"validation {suite.metric_name} became {val} at iteration {iteration}")
@@ -170,7 +171,7 @@ def harness_run_cell(cell: Cell, context: CellContext) -> dict[str, Any]:
 
     latency = Stopwatch(backend.synchronize)
     t0 = time.perf_counter()
-    per_step = evaluate(algo, test_batch, algo.test_steps, latency)
+    per_step = evaluate(algo, test_batch, eval_steps(algo, "test"), latency)
     test_s = time.perf_counter() - t0
     summary = []
     for step, values in enumerate(per_step):
@@ -185,7 +186,9 @@ def harness_run_cell(cell: Cell, context: CellContext) -> dict[str, Any]:
         "metric": {"name": suite.metric_name, "label": suite.metric_label or suite.metric_name,
                    "higher_is_better": suite.higher_is_better, "mean": mean,
                    "ci95": ci, "std": std, "n": len(per_step[-1]), "final_step": len(per_step) - 1,
-                   "per_step": summary, "episodes": "fixed" if test_batch.fixed else "sampled"},
+                   "per_step": summary, "episodes": "fixed" if test_batch.fixed else "sampled",
+                   "trajectory": trajectory_summary(suite, per_step)},
+        "algorithm_info": algo.describe(),
         "timings": {"meta_train_s": train_wall - warmup.total - val_s, "warmup_s": warmup.total,
                     "warmup_iterations": len(warmup.samples), "iterations": iteration, "stopped_by": stopped_by,
                     "validation_s": val_s, "time_per_iteration_s": steps.median if steps.samples else warmup.median,
@@ -272,7 +275,6 @@ class Episodes:
 def evaluate(algo: Any, batches: TaskBatch | Episodes, steps: int, latency: Stopwatch | None = None
              ) -> list[list[float]]:
     """Metric per test-time step (0..steps) per episode; `latency` times each episode's adaptation."""
-    import torch
 
     per_step: list[list[float]] = [[] for _ in range(steps + 1)]
     for batch in [batches] if isinstance(batches, TaskBatch) else batches:
@@ -286,10 +288,30 @@ def evaluate(algo: Any, batches: TaskBatch | Episodes, steps: int, latency: Stop
             if len(states) != steps + 1:
                 raise RuntimeError(f"{type(algo).__name__}.adapt returned {len(states)} states for {steps} "
                                    "steps; it must return steps + 1 (the state before adapting, then one per step)")
-            with torch.no_grad():
-                for step, state in enumerate(states):
-                    per_step[step].append(float(algo.suite.metric(algo.predict(state, qx), qy)))
+            # Not under no_grad: a suite may differentiate the adapted learner (TaskSuite.score).
+            for step, state in enumerate(states):
+                per_step[step].append(float(algo.suite.score(Predictor(algo, state), qx, qy)))
     return per_step
+
+
+def eval_steps(algo: Any, split: str) -> int:
+    """Adaptation steps on a `split` episode: the suite's horizon when it fixes one, else the algorithm's."""
+    steps = algo.suite.adaptation_steps(split)
+    return algo.test_steps if steps is None else int(steps)
+
+
+def trajectory_summary(suite: Any, per_step: list[list[float]]) -> dict[str, dict[str, Any]]:
+    """Mean and 95% interval over episodes of each of the suite's per-episode trajectory metrics."""
+    by_name: dict[str, list[float]] = {}
+    for episode in range(len(per_step[0]) if per_step else 0):
+        for name, value in suite.trajectory_metrics([values[episode] for values in per_step]).items():
+            by_name.setdefault(name, []).append(float(value))
+    summary = {}
+    for name, values in by_name.items():
+        mean, ci, _ = mean_ci95(values)
+        summary[name] = {"mean": mean, "ci95": ci, "n": len(values),
+                         "label": suite.trajectory_labels.get(name, name.replace("_", " "))}
+    return summary
 
 
 def _mean_final(per_step: list[list[float]]) -> float:

@@ -86,6 +86,9 @@ class AlgorithmSpec:
     may override by name. `task_kinds` says which suites it can run on; the grid skips the rest.
     `requires` are modules it imports lazily: where one is missing it is unavailable, with
     `install_hint` (default: `pip install` of the missing modules) saying how to get them.
+    `check(hparams, suite_name, suite_config)`, when given, returns "" if the algorithm can run with
+    that suite configuration and otherwise why not (a finite difference needs two support points); the
+    grid calls it for every pair before any cell runs, so it must be cheap and import nothing heavy.
     """
 
     name: str
@@ -98,6 +101,7 @@ class AlgorithmSpec:
     version: str = "1"
     requires: tuple[str, ...] = ()
     install_hint: str = ""
+    check: Callable[[Any, str, Any], str] | None = None
 
     def __post_init__(self) -> None:
         _check_spec(self, "algorithm")

@@ -211,3 +211,40 @@ def test_reported_config_with_an_unknown_option_is_an_error(registry, write_grid
                       'config = { shotz = 5 }\n')
     with pytest.raises(GridError, match=r"key 'reported'.*shotz.*Did you mean 'shots'"):
         load_grid(str(path), registry)
+
+
+CHECKED_PLUGIN = '''
+from metaharness_plugins.algorithms.pretrain import PretrainHparams
+
+from harness import AlgorithmSpec, hookimpl
+
+
+def needs_shots(hparams, suite_name, suite_config):
+    shots = getattr(suite_config, "shots", None)
+    return "" if shots is None or shots >= 3 else f"needs at least 3 support points, the suite gives {shots}"
+
+
+@hookimpl
+def harness_register_algorithms():
+    return [AlgorithmSpec(name="picky", factory="metaharness_plugins.algorithms._pretrain:Pretrain",
+                          hparams=PretrainHparams, task_kinds={"regression"}, description="pretrain, picky",
+                          check=needs_shots)]
+'''
+
+
+def test_an_algorithms_own_check_refuses_impossible_pairs_before_any_cell_runs(write_grid, tmp_path):
+    from harness.registry import build_plugin_manager
+
+    plugin = tmp_path / "picky.py"
+    plugin.write_text(CHECKED_PLUGIN)
+    registry = build_plugin_manager([str(plugin)], entry_points=False)
+    named = write_grid('[[block]]\nalgorithms = ["picky"]\nsuites = [{ name = "sinusoid", shots = [2, 5] }]\n')
+    with pytest.raises(GridError, match=r"tiny.toml:4: key 'algorithms': algorithm 'picky' cannot run on suite "
+                                        r"'sinusoid' with \[shots=2\]: needs at least 3 support points, the suite gives 2"):
+        load_grid(str(named), registry)
+    wildcard = write_grid('[[block]]\nalgorithms = "*"\nsuites = [{ name = "sinusoid", shots = [2, 5] }]\n',
+                          name="wild")
+    grid = load_grid(str(wildcard), registry)
+    assert "picky/sinusoid[shots=5]/cpu/seed=0" in [c.id for c in grid.cells]
+    (skip,) = [s for s in grid.skipped if s.cell.algorithm == "picky"]
+    assert skip.cell.id == "picky/sinusoid[shots=2]/cpu/seed=0" and "needs at least 3 support points" in skip.reason

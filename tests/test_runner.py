@@ -231,3 +231,85 @@ def test_cells_differing_only_in_episode_neutral_options_share_episodes(registry
     assert len({(s["val"], s["test"]) for s in seeds.values()}) == 1
     ways = resolve_cell(Cell("maml", (), "omniglot", (("ways", 20),), "cpu", 0, budget), registry)["seeds"]
     assert ways["test"] != seeds["conv4"]["test"]  # an option that changes episodes changes the seed
+
+
+CONTRACT_PLUGIN = '''
+"""A sinusoid suite scored on the adapted function's slope, with its own horizon and trajectory metrics,
+and a pretrain variant that reports what it chose: the core contract a derivative or optimisation suite uses."""
+import torch
+from metaharness_plugins.algorithms._pretrain import Pretrain
+from metaharness_plugins.algorithms.pretrain import PretrainHparams
+from metaharness_plugins.suites._sinusoid import SinusoidSuite
+from metaharness_plugins.suites.sinusoid import SinusoidConfig
+
+from harness import AlgorithmSpec, TaskSuiteSpec, hookimpl
+
+
+class SlopeSinusoid(SinusoidSuite):
+    metric_name, metric_label = "slope_mse", "slope MSE"
+    trajectory_labels = {"first": "before adapting"}
+
+    def score(self, predictor, query_x, query_y):
+        assert torch.is_grad_enabled(), "the runner must not score under no_grad"
+        (slope,) = predictor.derivatives(query_x, 1)
+        return (slope ** 2).mean()  # how far from flat the adapted function is
+
+    def adaptation_steps(self, split):
+        return {"val": 1, "test": 3}[split]
+
+    def trajectory_metrics(self, values):
+        return {"first": values[0], "mean_over_steps": sum(values) / len(values)}
+
+    def describe(self):
+        return {"leaderboard_note": "scored on slopes"}
+
+
+class Choosy(Pretrain):
+    def describe(self):
+        return {"chosen": {"inner_lr": 0.25}}
+
+
+@hookimpl
+def harness_register_task_suites():
+    return [TaskSuiteSpec(name="slope-sinusoid", factory=SlopeSinusoid, config=SinusoidConfig,
+                          task_kind="regression", description="sinusoid scored on slopes")]
+
+
+@hookimpl
+def harness_register_algorithms():
+    return [AlgorithmSpec(name="choosy", factory=Choosy, hparams=PretrainHparams, task_kinds={"regression"},
+                          description="pretrain that says what it chose", paper="none")]
+'''
+
+
+def test_suites_score_adapted_learners_fix_horizons_and_add_trajectory_metrics(tmp_path):
+    from harness.leaderboard import build_tables, display_table
+    from harness.registry import build_plugin_manager
+    from harness.specs import Budget, Cell
+
+    plugin = tmp_path / "contract_plugin.py"
+    plugin.write_text(CONTRACT_PLUGIN)
+    registry = build_plugin_manager([str(plugin)], entry_points=False)
+    budget = Budget(iterations=4, val_interval=2, val_episodes=3, test_episodes=5, threads=1)
+    records = [run_one(Cell("choosy", (), "slope-sinusoid", (("shots", 5),), "cpu", seed, budget, "g"),
+                       registry, in_process=True) for seed in (0, 1)]
+    for record in records:
+        assert record["status"] == "ok", record.get("traceback", record["reason"])
+        metric = record["metric"]
+        # The suite's horizon (3 test steps), not pretrain's own test_steps (10).
+        assert [s["step"] for s in metric["per_step"]] == [0, 1, 2, 3]
+        assert metric["name"] == "slope_mse" and metric["label"] == "slope MSE"
+        trajectory = metric["trajectory"]
+        assert trajectory["first"]["mean"] == pytest.approx(metric["per_step"][0]["mean"])
+        assert trajectory["first"]["label"] == "before adapting" and trajectory["first"]["n"] == 5
+        steps_mean = sum(s["mean"] for s in metric["per_step"]) / 4
+        assert trajectory["mean_over_steps"]["mean"] == pytest.approx(steps_mean)
+        assert trajectory["mean_over_steps"]["label"] == "mean over steps"
+        assert record["algorithm_info"] == {"chosen": {"inner_lr": 0.25}}
+    ((_, table),) = build_tables(records).items()
+    assert table.attrs["notes"][0] == "scored on slopes"
+    shown = display_table(table)
+    assert list(shown["chosen"]) == ["inner_lr=0.25"]
+    assert "before adapting ↓" in shown.columns and "mean over steps ↓" in shown.columns
+    firsts = [r["metric"]["trajectory"]["first"]["mean"] for r in records]
+    assert table["trajectory_first_mean"].iloc[0] == pytest.approx(sum(firsts) / 2)
