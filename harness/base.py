@@ -148,6 +148,11 @@ class Algorithm(abc.ABC):
     the harness can report the metric after each test-time step; `predict(state, x)` evaluates one.
     """
 
+    #: False for a learner with nothing to meta-train (a finite difference, a spline, a network fitted
+    #: from scratch on each task): the runner then skips meta-training and validation and goes straight
+    #: to the test episodes, whatever the budget's iterations.
+    meta_trains: ClassVar[bool] = True
+
     def __init__(self, hparams: Any, model: nn.Module, suite: TaskSuite, backend: Any) -> None:
         self.hparams = hparams
         self.model = model

@@ -142,7 +142,9 @@ def harness_run_cell(cell: Cell, context: CellContext) -> dict[str, Any]:
     backend.synchronize()
     start = time.perf_counter()
     iteration = 0
-    for iteration in range(1, budget.iterations + 1):
+    if not algo.meta_trains:
+        stopped_by = "nothing to meta-train"
+    for iteration in range(1, budget.iterations + 1 if algo.meta_trains else 1):
         batch = suite.sample(algo.meta_batch_size, train_gen, "train").to(device)
         with (warmup if iteration <= warmup_n else steps).region():
             loss = float(algo.meta_train_step(batch))
@@ -191,7 +193,7 @@ def harness_run_cell(cell: Cell, context: CellContext) -> dict[str, Any]:
         "algorithm_info": algo.describe(),
         "timings": {"meta_train_s": train_wall - warmup.total - val_s, "warmup_s": warmup.total,
                     "warmup_iterations": len(warmup.samples), "iterations": iteration, "stopped_by": stopped_by,
-                    "validation_s": val_s, "time_per_iteration_s": steps.median if steps.samples else warmup.median,
+                    "validation_s": val_s, "time_per_iteration_s": (steps.median if steps.samples else warmup.median) if iteration else None,
                     "adapt_latency_s": latency.median, "test_s": test_s},
         "params": algo.num_parameters(),
         # What the suite says about itself: data files and checksums, model, batch-norm mode, sampler.

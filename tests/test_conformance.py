@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -19,6 +20,7 @@ SMALL = Budget(iterations=4, val_interval=2, val_episodes=2, test_episodes=3, th
 SMALLEST_SUITE = {
     "omniglot": (("image_size", 16), ("query", 2), ("ways", 3)),
     "glyphs": (("image_size", 16), ("query", 2), ("ways", 3)),
+    "derivatives": (("test_query", 10),),
 }
 SMALLEST_ALGORITHM = (("meta_batch_size", 2),)
 PAIRS = [
@@ -60,12 +62,17 @@ def test_algorithm_runs_on_suite_and_backend(algorithm, suite, backend, data_opt
     config = SMALLEST_SUITE.get(suite, data_options.get(suite, ()))
     if suite_spec.check is not None and (reason := suite_spec.check(suite_spec.config(**dict(config)))):
         pytest.skip(reason)
-    cell = Cell(algorithm, SMALLEST_ALGORITHM, suite, config, backend, 0, SMALL)
+    spec = REGISTRY.algorithms[algorithm].spec
+    fields = {f.name for f in dataclasses.fields(spec.hparams)}
+    smallest = tuple(p for p in SMALLEST_ALGORITHM if p[0] in fields)
+    cell = Cell(algorithm, smallest, suite, config, backend, 0, SMALL)
     record = run_one(cell, REGISTRY, in_process=True)
     assert record["status"] == "ok", record.get("traceback", record["reason"])
     metric = record["metric"]
     assert math.isfinite(metric["mean"]) and metric["n"] == 3
     assert len(metric["per_step"]) == metric["final_step"] + 1
-    assert record["params"] > 0 and record["timings"]["iterations"] == 4
-    spec = REGISTRY.algorithms[algorithm].spec
+    meta_trains = REGISTRY.algorithms[algorithm].spec.factory.resolve().meta_trains
+    # A learner with nothing to meta-train (a finite difference) goes straight to the test episodes.
+    assert record["timings"]["iterations"] == (4 if meta_trains else 0)
+    assert record["params"] > 0 or not meta_trains
     assert spec.description and spec.paper, "a bundled algorithm names the paper it implements"
