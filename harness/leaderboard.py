@@ -280,8 +280,10 @@ def _mean_ci(mean: float, ci: float) -> str:
     """`0.352 ± 0.021`: the CI to two significant digits and the mean to the same decimals."""
     if mean is None or math.isnan(mean):
         return ""
-    if ci is None or math.isnan(ci) or ci <= 0:
+    if ci is None or math.isnan(ci) or ci <= 1e-9 * abs(mean):  # no spread (a deterministic method)
         return f"{mean:.4g}"
+    if abs(mean) < 1e-3 or ci < 1e-5:  # fixed notation would print zeros: scientific, as %g does
+        return f"{mean:.3g} ± {ci:.2g}"
     decimals = min(6, max(0, 1 - math.floor(math.log10(ci))))
     return f"{mean:.{decimals}f} ± {ci:.{decimals}f}"
 
@@ -294,6 +296,9 @@ def _fmt_column(values: Iterable[Any], digits: int = 3) -> list[str]:
             out.append("")
         else:
             x = float(v)
+            if x and abs(x) < 1e-3:  # 0.00000000 says nothing: scientific notation for tiny values
+                out.append(f"{x:.{digits}g}")
+                continue
             decimals = max(0, digits - 1 - math.floor(math.log10(abs(x)))) if x else 0
             out.append(f"{x:.{min(decimals, 8)}f}")
     return out

@@ -21,6 +21,7 @@ SMALLEST_SUITE = {
     "omniglot": (("image_size", 16), ("query", 2), ("ways", 3)),
     "glyphs": (("image_size", 16), ("query", 2), ("ways", 3)),
     "derivatives": (("test_query", 10),),
+    "metaopt": (("steps", 10),),
 }
 SMALLEST_ALGORITHM = (("meta_batch_size", 2),)
 PAIRS = [

@@ -24,7 +24,10 @@ def test_shipped_grids_expand(registry):
     glyphs = by_suite.pop("glyphs")  # the offline image suite: every native image algorithm
     assert {c.algorithm for c in glyphs} == {"maml", "fomaml", "metasgd", "reptile", "pretrain", "anil",
                                              "protonet", "matchingnet"}
-    assert not by_suite and {c.budget.iterations for c in glyphs} == {100}
+    assert {c.budget.iterations for c in glyphs} == {100}
+    assert {c.algorithm for c in by_suite.pop("derivatives")} == {"maml", "metasgd", "fd-central", "spline"}
+    assert {c.algorithm for c in by_suite.pop("metaopt")} == {"lstm-optimizer", "adam"}
+    assert not by_suite
     full = load_grid("full", registry)
     assert {c.algorithm for c in full.cells} == set(registry.algorithms)
     assert {c.seed for c in full.cells} == {0, 1, 2}

@@ -10,7 +10,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from harness import TaskBatch, TaskSuite
-from harness.specs import SPLITS
 
 # Section 5.1 of the MAML paper: amplitude in [0.1, 5.0], phase in [0, pi], inputs drawn uniformly
 # from [-5.0, 5.0] at training and at test time.
@@ -36,17 +35,9 @@ class SinusoidSuite(TaskSuite):
         """`config`: a `SinusoidConfig` (the `sinusoid` plugin's)."""
         super().__init__(config)
 
-    def sizes(self, split: str) -> tuple[int, int]:
-        """(support points, query points) per task in `split`."""
-        if split not in SPLITS:
-            raise ValueError(f"unknown split {split!r}; valid splits: {', '.join(SPLITS)}")
-        if split == "test":
-            return self.config.effective_test_shots, self.config.test_query
-        return self.config.shots, self.config.query
-
     def sample(self, n_tasks: int, generator: torch.Generator, split: str) -> TaskBatch:
         """`n_tasks` sine-wave episodes; tensors are float32 on the CPU, shaped [n_tasks, points, 1]."""
-        n_support, n_query = self.sizes(split)
+        n_support, n_query = self.config.sizes(split)
         if not isinstance(n_tasks, int) or isinstance(n_tasks, bool) or n_tasks < 1:
             raise ValueError(f"n_tasks must be a positive integer, got {n_tasks!r}")
         # Draw in a fixed order (task parameters, then support, then query inputs) so that an episode

@@ -12,14 +12,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from harness import TaskSuiteSpec, forward_attributes, hookimpl
+from metaharness_plugins.regression import EpisodeSizes, check_sizes
 
 # "torch": PyTorch's default nn.Linear initialisation; "maml": the MAML release's (see build_model).
 INITS = ("torch", "maml")
-MAX_POINTS = 100_000  # support or query points per task: far past any study, short of exhausting memory
 
 
 @dataclass(frozen=True)
-class SinusoidConfig:
+class SinusoidConfig(EpisodeSizes):
     """Episode sizes. `shots` is K at meta-train (and validation); `test_shots` is K at meta-test.
 
     The MAML paper meta-trains with K = 10 and reports K = 5 and K = 10 at test, so the two may
@@ -35,18 +35,7 @@ class SinusoidConfig:
     def __post_init__(self) -> None:
         if self.init not in INITS:
             raise ValueError(f"init must be one of {', '.join(INITS)}, got {self.init!r}")
-        for name in ("shots", "test_shots", "query", "test_query"):
-            value = getattr(self, name)
-            if name == "test_shots" and value is None:
-                continue
-            if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= MAX_POINTS:
-                need = "K >= 1" if "shots" in name else "at least one query point per task"
-                raise ValueError(f"{name} must be an integer from 1 to {MAX_POINTS:,} ({need}), got {value!r}")
-
-    @property
-    def effective_test_shots(self) -> int:
-        """K at meta-test: `test_shots`, or `shots` when it is unset."""
-        return self.shots if self.test_shots is None else self.test_shots
+        check_sizes(self)
 
 
 @hookimpl
