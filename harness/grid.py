@@ -13,6 +13,7 @@ A grid is a union of blocks. Top-level keys give defaults for every block:
     algorithms = ["maml", { name = "reptile", inner_lr = [0.01, 0.02] }]   # "*" = every algorithm
     suites = [{ name = "sinusoid", shots = [5, 10] }]                      # "*" = every suite
     budget = { iterations = 500 }   # optional; also seeds, backends
+    exclude = ["metaopt"]           # optional: names left out of this block (of a "*" above all)
 
 A list value sweeps a parameter (cartesian product); a parameter that itself takes a list is swept
 with a list of lists. Published numbers for a "reported" column in the leaderboards:
@@ -58,7 +59,7 @@ else:  # pragma: no cover
 TOP_KEYS = {"name", "description", "seeds", "backends", "budget", "block", "reported", "max_cells"}
 #: The most cells a grid may expand to unless it says otherwise (`max_cells`, `--max-cells`).
 MAX_CELLS = 100_000
-BLOCK_KEYS = {"algorithms", "suites", "seeds", "backends", "budget", "name"}
+BLOCK_KEYS = {"algorithms", "suites", "seeds", "backends", "budget", "name", "exclude"}
 
 
 @dataclass
@@ -238,6 +239,9 @@ def _read_block(raw: dict[str, Any], index: int, line: int, data: dict[str, Any]
             raise where.error("backends", str(exc), line) from None
     algo_entries = _select(_entries(raw.get("algorithms"), "algorithms", where, line, registry.algorithms), algorithms)
     suite_entries = _select(_entries(raw.get("suites"), "suites", where, line, registry.suites), suites)
+    excluded = _excluded(raw, where, line, registry)
+    algo_entries = [(name, params) for name, params in algo_entries if name not in excluded]
+    suite_entries = [(name, params) for name, params in suite_entries if name not in excluded]
     n_algos = sum(_count(params, registry.algorithm(name).spec.hparams, where, line) for name, params in algo_entries)
     n_suites = sum(_count(params, registry.suite(name).spec.config, where, line) for name, params in suite_entries)
     return _Block(index, line, budget, block_seeds, block_backends, algo_entries, suite_entries,
@@ -417,6 +421,18 @@ def _max_cells(value: Any, where: _Where) -> int:
     if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
         return value
     raise where.error("max_cells", f"must be a positive integer (the most cells the grid may expand to), got {value!r}")
+
+
+def _excluded(raw: Mapping[str, Any], where: _Where, line: int, registry: Any) -> set[str]:
+    """The algorithm and suite names a block's `exclude = [...]` leaves out (of a "*" above all), checked."""
+    if "exclude" not in raw:
+        return set()
+    names = _strings(raw["exclude"], "exclude", where)
+    known = {**registry.algorithms, **registry.suites}
+    for name in names:
+        if name not in known:
+            raise where.error("exclude", str(unknown_name("name", name, known)), line)
+    return set(names)
 
 
 def _strings(value: Any, key: str, where: _Where) -> list[str]:

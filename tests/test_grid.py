@@ -251,3 +251,13 @@ def test_an_algorithms_own_check_refuses_impossible_pairs_before_any_cell_runs(w
     assert "picky/sinusoid[shots=5]/cpu/seed=0" in [c.id for c in grid.cells]
     (skip,) = [s for s in grid.skipped if s.cell.algorithm == "picky"]
     assert skip.cell.id == "picky/sinusoid[shots=2]/cpu/seed=0" and "needs at least 3 support points" in skip.reason
+
+
+def test_a_block_can_leave_names_out_of_a_wildcard(registry, write_grid):
+    path = write_grid('[[block]]\nalgorithms = "*"\nsuites = [{ name = "sinusoid", shots = 5 }]\n'
+                      'exclude = ["maml", "reptile"]\n')
+    algorithms = {c.algorithm for c in load_grid(str(path), registry).cells}
+    assert "fomaml" in algorithms and not {"maml", "reptile"} & algorithms
+    typo = write_grid('[[block]]\nalgorithms = "*"\nsuites = "sinusoid"\nexclude = ["mamll"]\n', name="typo")
+    with pytest.raises(GridError, match=r"typo.toml:6: key 'exclude': unknown name 'mamll'. Did you mean 'maml'\?"):
+        load_grid(str(typo), registry)
