@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from torch.utils._pytree import tree_map
 
 from harness.base import Algorithm, TaskSuite
-from harness.functional import Params, gradients, optimizer_step
+from harness.functional import Params, gradients, optimizer_step, snapshot
 from harness.specs import TaskBatch
 
 #: {name: [B, *shape]}: the parameters of B problems of the same shapes, stacked.
@@ -473,7 +473,7 @@ class L2LOptimizer(UnrolledOptimizer):
         """theta_0..theta_steps of the LearnableOptimizer on one problem; the transform is left unchanged."""
         holder, opt = self.optimizer_for({k: v.to(self.device)
                                           for k, v in self.suite.initial_parameters(support_x).items()})
-        states = [{name: p.detach().clone() for name, p in holder.params().items()}]
+        states = [snapshot(holder.params())]
         with torch.enable_grad():
             for _ in range(steps):
                 params = holder.params()
@@ -482,5 +482,5 @@ class L2LOptimizer(UnrolledOptimizer):
                 for p, g in zip(params.values(), torch.autograd.grad(value, list(params.values()))):
                     p.grad = g
                 opt.step()
-                states.append({name: p.detach().clone() for name, p in holder.params().items()})
+                states.append(snapshot(holder.params()))
         return states

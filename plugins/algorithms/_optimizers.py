@@ -11,17 +11,12 @@ from typing import Any
 import torch
 
 from harness import Algorithm, TaskBatch
+from harness.functional import Params, snapshot
 
-Params = dict[str, torch.Tensor]
 #: Floor of the loss inside log10 (a quadratic with square W reaches 0 exactly), as the metaopt suite's.
 LOG_FLOOR = 1e-12
 #: The duck-typed interface of an optimisation suite that these algorithms use.
 INTERFACE = ("initial_parameters", "objective", "horizon", "predict")
-
-
-def snapshot(params: Params) -> Params:
-    """Detached copies of the iterate (the states `adapt` returns must not change as it goes on)."""
-    return {k: v.detach().clone() for k, v in params.items()}
 
 
 def run_scores(values: torch.Tensor, criterion: str) -> torch.Tensor:
