@@ -171,6 +171,8 @@ def harness_run_cell(cell: Cell, context: CellContext) -> dict[str, Any]:
     train_wall = time.perf_counter() - start
     algo.load_state_dict(best_state)
 
+    # None when nothing was meta-trained (Algorithm.meta_trains False: no iteration to time).
+    per_iteration = (steps.median if steps.samples else warmup.median) if iteration else None
     latency = Stopwatch(backend.synchronize)
     t0 = time.perf_counter()
     per_step = evaluate(algo, test_batch, eval_steps(algo, "test"), latency)
@@ -193,7 +195,7 @@ def harness_run_cell(cell: Cell, context: CellContext) -> dict[str, Any]:
         "algorithm_info": algo.describe(),
         "timings": {"meta_train_s": train_wall - warmup.total - val_s, "warmup_s": warmup.total,
                     "warmup_iterations": len(warmup.samples), "iterations": iteration, "stopped_by": stopped_by,
-                    "validation_s": val_s, "time_per_iteration_s": (steps.median if steps.samples else warmup.median) if iteration else None,
+                    "validation_s": val_s, "time_per_iteration_s": per_iteration,
                     "adapt_latency_s": latency.median, "test_s": test_s},
         "params": algo.num_parameters(),
         # What the suite says about itself: data files and checksums, model, batch-norm mode, sampler.
@@ -277,7 +279,6 @@ class Episodes:
 def evaluate(algo: Any, batches: TaskBatch | Episodes, steps: int, latency: Stopwatch | None = None
              ) -> list[list[float]]:
     """Metric per test-time step (0..steps) per episode; `latency` times each episode's adaptation."""
-
     per_step: list[list[float]] = [[] for _ in range(steps + 1)]
     for batch in [batches] if isinstance(batches, TaskBatch) else batches:
         for i in range(batch.num_tasks):

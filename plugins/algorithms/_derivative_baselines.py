@@ -63,12 +63,25 @@ class PointEstimates:
     derivatives: tuple[Array, ...]
 
 
-class ClassicalBaseline(Algorithm):
-    """A learner that fits each task's support set alone: nothing is meta-learned.
+class FitsEachTask(Algorithm):
+    """A learner that fits each task's support set alone: nothing is meta-learned, so `meta_parameters`
+    is empty, `meta_train_step` returns 0.0 at once and the runner skips meta-training altogether."""
 
-    `meta_train_step` does nothing (returns 0.0 at once), `meta_parameters` is empty, and `adapt` returns
-    the one fitted state, repeated when the harness asks for more steps. `fit` and `derivatives_of` are
-    the method.
+    #: The runner skips meta-training and validation: straight to the test episodes.
+    meta_trains = False
+
+    def meta_parameters(self) -> dict[str, torch.Tensor]:
+        """None: nothing is learned across tasks."""
+        return {}
+
+    def meta_train_step(self, batch: TaskBatch) -> float:
+        """Nothing to meta-train: returns 0.0 without touching the batch."""
+        return 0.0
+
+
+class ClassicalBaseline(FitsEachTask):
+    """A numerical method on each task's support points: `adapt` returns the one fitted state, repeated
+    when the harness asks for more steps. `fit` and `derivatives_of` are the method.
     """
 
     #: The name the plugin registers (for errors and the support-size rule).
@@ -83,17 +96,6 @@ class ClassicalBaseline(Algorithm):
         reason = hparams.impossible("", getattr(suite, "config", None))
         if reason:
             raise ValueError(reason)
-
-    #: The runner skips meta-training and validation: straight to the test episodes.
-    meta_trains = False
-
-    def meta_parameters(self) -> dict[str, torch.Tensor]:
-        """None: a classical method learns nothing across tasks."""
-        return {}
-
-    def meta_train_step(self, batch: TaskBatch) -> float:
-        """Nothing to meta-train: returns 0.0 without touching the batch."""
-        return 0.0
 
     def adapt(self, support_x: torch.Tensor, support_y: torch.Tensor, steps: int) -> list[Any]:
         """[the fit to this support set] * (steps + 1): one fit, whatever the number of steps."""
@@ -270,7 +272,7 @@ class LocalPolynomial(ClassicalBaseline):
         return [math.factorial(k) * coef[:, k] / scale**k for k in range(1, order + 1)]
 
 
-class ScratchNet(Algorithm):
+class ScratchNet(FitsEachTask):
     """`scratch-net`: a fresh `suite.build_model()` per task, trained with full-batch Adam on the support
     MSE (the suite's loss) for `fit_steps` steps; its derivatives come from the harness's autograd path
     (`Predictor.derivatives`), so there is no `predict_derivatives`.
@@ -283,20 +285,10 @@ class ScratchNet(Algorithm):
     """
 
     name = "scratch-net"
-    #: Nothing is meta-learned: the runner goes straight to the test episodes.
-    meta_trains = False
 
     def __init__(self, hparams: Any, model: nn.Module, suite: Any, backend: Any) -> None:
         super().__init__(hparams, model, suite, backend)
         self.base_seed = int(torch.randint(0, 2**62, (), dtype=torch.int64))
-
-    def meta_parameters(self) -> dict[str, torch.Tensor]:
-        """None: every task's network starts from scratch."""
-        return {}
-
-    def meta_train_step(self, batch: TaskBatch) -> float:
-        """Nothing to meta-train: returns 0.0 without touching the batch."""
-        return 0.0
 
     def task_seed(self, support_x: torch.Tensor, support_y: torch.Tensor) -> int:
         """The initialisation seed of the network fitted to this support set."""

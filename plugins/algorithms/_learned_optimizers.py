@@ -20,6 +20,7 @@ from torch.utils._pytree import tree_map
 from harness.base import Algorithm, TaskSuite
 from harness.functional import Params, gradients, optimizer_step, snapshot
 from harness.specs import TaskBatch
+from metaharness_plugins.optimisation import PROBLEM_METHODS, check_problem_suite
 
 #: {name: [B, *shape]}: the parameters of B problems of the same shapes, stacked.
 Stacked = dict[str, Tensor]
@@ -56,10 +57,7 @@ class UnrolledOptimizer(Algorithm):
 
     def __init__(self, hparams: Any, model: nn.Module, suite: TaskSuite, backend: Any) -> None:
         super().__init__(hparams, model, suite, backend)
-        for method in ("initial_parameters", "objective", "horizon"):
-            if not callable(getattr(suite, method, None)):
-                raise TypeError(f"{type(self).__name__} needs an optimisation suite with `{method}` (see the "
-                                f"metaopt suite); {type(suite).__name__} has none")
+        check_problem_suite(type(self).__name__, suite, PROBLEM_METHODS)  # predict is optional here
         # One training problem, drawn from its own generator (the cell's train stream is untouched), tells
         # the parameter names, shapes and dtype the optimiser is built for.
         probe_batch = suite.sample(1, torch.Generator().manual_seed(0), "train")

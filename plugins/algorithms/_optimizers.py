@@ -12,11 +12,7 @@ import torch
 
 from harness import Algorithm, TaskBatch
 from harness.functional import Params, snapshot
-
-#: Floor of the loss inside log10 (a quadratic with square W reaches 0 exactly), as the metaopt suite's.
-LOG_FLOOR = 1e-12
-#: The duck-typed interface of an optimisation suite that these algorithms use.
-INTERFACE = ("initial_parameters", "objective", "horizon", "predict")
+from metaharness_plugins.optimisation import LOG_FLOOR, check_problem_suite
 
 
 def run_scores(values: torch.Tensor, criterion: str) -> torch.Tensor:
@@ -33,10 +29,7 @@ class TunedOptimizer(Algorithm):
 
     def __init__(self, hparams: Any, model: Any, suite: Any, backend: Any) -> None:
         super().__init__(hparams, model, suite, backend)
-        missing = [name for name in INTERFACE if not callable(getattr(suite, name, None))]
-        if missing:
-            raise TypeError(f"{type(self).__name__} optimises the problems of an optimisation suite such as "
-                            f"metaopt; suite {type(suite).__name__} lacks {', '.join(missing)}")
+        check_problem_suite(type(self).__name__, suite)
         self.tuned = hparams.lr is None
         self.grid = torch.tensor(hparams.lr_grid() if self.tuned else (hparams.lr,), dtype=torch.float64)
         self.score_sums = torch.zeros(len(self.grid), dtype=torch.float64)

@@ -18,11 +18,10 @@ from torch import nn
 
 from harness import TaskBatch, TaskSuite
 from harness.specs import SPLITS
+from metaharness_plugins.optimisation import LOG_FLOOR
 
 #: Seed of the one fixed permutation that splits the digits into train / val / test pools.
 DIGITS_SPLIT_SEED = 20160601
-#: Floor of the loss inside log10 (trajectory metrics): a quadratic with square W reaches 0 exactly.
-LOG_FLOOR = 1e-12
 #: Parameter names: they also tell `objective` which problem an iterate belongs to, inside torch.func
 #: transforms where the data cannot be inspected.
 QUADRATIC_KEY, LOGISTIC_KEY = "theta", "w"
