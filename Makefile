@@ -10,16 +10,18 @@ TORCHMETA ?= torchmeta==1.8.0
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup run test test-all smoke bench learn2learn clean
+.PHONY: setup run test test-all smoke bench report learn2learn clean
 
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet $(TORCH)
-	$(BIN)/python -m pip install --quiet -e ".[test,learn2learn,peers]"
+	$(BIN)/python -m pip install --quiet -e ".[test,learn2learn,peers,ray,export]"
 	$(BIN)/python scripts/install_learn2learn.py
 	$(BIN)/python -m pip install --quiet --no-deps $(TORCHMETA)
+	# The HTML report's browser test drives the system's chromium; without it that one test skips.
+	PYTHON=$(BIN)/python scripts/install_chromium.sh || echo "chromium not installed: the report's browser test will skip"
 	touch $(STAMP)
 
 run: $(STAMP)
@@ -34,6 +36,10 @@ test: $(STAMP)
 
 test-all: $(STAMP)
 	$(BIN)/python -m pytest
+
+# The HTML report of the published grids (report/index.html; works offline, from file://).
+report: $(STAMP)
+	$(BIN)/harness report --grid sinusoid-paper --grid omniglot-small
 
 # Rebuild learn2learn 0.2.0 from its sdist (set-up already does this once; see scripts/install_learn2learn.py).
 learn2learn: $(STAMP)

@@ -16,7 +16,9 @@ from harness.errors import GridError, HarnessError, PluginError, UsageError
 
 if TYPE_CHECKING:
     from harness.base import Algorithm, Backend, Predictor, TaskSuite, split_classifier
+    from harness.measuring import Measurement
     from harness.specs import (
+        RESULT_NEUTRAL,
         AlgorithmSpec,
         BackendSpec,
         Budget,
@@ -34,8 +36,10 @@ hookimpl = pluggy.HookimplMarker("harness")
 
 _LAZY = {
     **dict.fromkeys(("Algorithm", "Backend", "Predictor", "TaskSuite", "split_classifier"), "harness.base"),
-    **dict.fromkeys(("AlgorithmSpec", "BackendSpec", "Budget", "Cell", "LazyFactory", "TaskBatch", "TaskSuiteSpec",
-                     "check_ranges", "forward_attributes"), "harness.specs"),
+    **dict.fromkeys(("AlgorithmSpec", "BackendSpec", "Budget", "Cell", "ExecutorSpec", "LazyFactory", "MeasurementSpec",
+                     "RESULT_NEUTRAL", "TaskBatch", "TaskSuiteSpec", "check_ranges", "forward_attributes"),
+                    "harness.specs"),
+    "Measurement": "harness.measuring",
 }
 
 
@@ -54,11 +58,15 @@ __all__ = [
     "BackendSpec",
     "Budget",
     "Cell",
+    "ExecutorSpec",
     "GridError",
     "HarnessError",
     "LazyFactory",
+    "Measurement",
+    "MeasurementSpec",
     "PluginError",
     "Predictor",
+    "RESULT_NEUTRAL",
     "TaskBatch",
     "TaskSuite",
     "TaskSuiteSpec",

@@ -30,7 +30,7 @@ import signal
 import sys
 import time
 import traceback
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 #: How long past the timeout the harness waits for a supervisor's report before killing it itself.
@@ -125,6 +125,20 @@ def _mp_context() -> Any:
     return multiprocessing.get_context("spawn")
 
 
+def lazy_imports(cells: Iterable[Any], registry: Any) -> list[str]:
+    """What the cells' algorithms, suites and backends import lazily: the optional modules they require and
+    the modules their string factories name, for a fork server to import once rather than every cell."""
+    from harness.specs import LazyFactory
+
+    names = set()
+    for cell in cells:
+        for reg in (registry.algorithm(cell.algorithm), registry.suite(cell.suite), registry.backend(cell.backend)):
+            names.update(getattr(reg.spec, "requires", ()))
+            if isinstance(reg.spec.factory, LazyFactory):
+                names.add(reg.spec.factory.target.partition(":")[0])
+    return sorted(names)
+
+
 def start_fork_server(extra: Sequence[str] = ()) -> None:
     """Start the fork server now (it imports torch meanwhile), if cells start from one here; it also
     imports `extra` modules, those the run's plugins import lazily (learn2learn), once for all cells.
@@ -171,20 +185,26 @@ _EXITING: list[Any] = []
 
 def join_supervisors(timeout: float = STOP_GRACE_S) -> None:
     """Wait for the supervisors of finished cells to exit (killing one that has not within `timeout`)."""
-    while _EXITING:
-        process = _EXITING.pop()
+    while True:
+        try:
+            process = _EXITING.pop()
+        except IndexError:  # none left (another thread of a concurrent executor may have taken the last)
+            return
         process.join(timeout)
         if process.is_alive():
             process.kill()
             process.join()
 
 
-def run_in_process_tree(cell: Any, load_args: dict[str, Any]) -> dict[str, Any]:
+def run_in_process_tree(cell: Any, load_args: dict[str, Any], *, placement: dict[str, Any] | None = None,
+                        cancel: Any = None) -> dict[str, Any]:
     """Run `cell` in a supervised child process; return its outcome (status, reason, result, environment).
 
     Never raises for the cell's own failures. If this process is interrupted meanwhile (Ctrl-C, a
     signal turned into an exception), the cell's whole process tree is killed before the exception
-    propagates.
+    propagates. `placement` pins the cell to CPU cores and GPUs (`harness.executors.Placement`);
+    `cancel` (a `harness.executors.CancelToken`, for cells run from another thread than the main one)
+    stops the cell when raised: its tree is killed and the outcome's status is "cancelled".
     """
     ctx = _mp_context()
     start_fork_server()
@@ -193,7 +213,8 @@ def run_in_process_tree(cell: Any, load_args: dict[str, Any]) -> dict[str, Any]:
     outcome_r, outcome_w = ctx.Pipe(duplex=False)
     status_r, status_w = ctx.Pipe(duplex=False)
     life_r, life_w = ctx.Pipe(duplex=False)
-    process = ctx.Process(target=_supervise, args=(life_r, status_w, outcome_w, load_args, cell.to_dict(), timeout),
+    process = ctx.Process(target=_supervise, args=(life_r, status_w, outcome_w, load_args, cell.to_dict(), timeout,
+                                                   placement or {}),
                           daemon=False, name="harness-cell")  # not daemonic: cells may start workers
     process.start()
     for end in (outcome_w, status_w, life_r):
@@ -202,12 +223,15 @@ def run_in_process_tree(cell: Any, load_args: dict[str, Any]) -> dict[str, Any]:
     ended: dict[str, Any] | None = None
     worker = 0
     try:
-        waiting = [outcome_r, status_r, process.sentinel]
+        waiting = [outcome_r, status_r, process.sentinel] + ([cancel] if cancel is not None else [])
         deadline = time.monotonic() + timeout + REPORT_GRACE_S
         while ended is None and status_r in waiting:
             ready = multiprocessing.connection.wait(waiting, timeout=max(0.0, deadline - time.monotonic()))
             if not ready:
                 ended = {"how": "timeout", "returncode": None}  # the supervisor failed to report in time
+                break
+            if cancel is not None and cancel in ready:
+                ended = {"how": "cancelled", "returncode": None}
                 break
             if outcome_r in ready:
                 outcome = _receive(outcome_r, waiting) or outcome
@@ -223,7 +247,7 @@ def run_in_process_tree(cell: Any, load_args: dict[str, Any]) -> dict[str, Any]:
             outcome = _receive(outcome_r, waiting)  # sent just before the worker exited
     finally:
         life_w.close()  # the supervisor kills whatever is left of the cell, and exits
-        if ended is not None and ended.get("how") != "timeout":
+        if ended is not None and ended.get("how") not in ("timeout", "cancelled"):
             # It reported the cell's tree killed and reaped; its own exit (tens of milliseconds to tear down a
             # copy of the fork server) need not hold up the next cell: it is joined by `join_supervisors`.
             _EXITING.append(process)
@@ -238,6 +262,8 @@ def run_in_process_tree(cell: Any, load_args: dict[str, Any]) -> dict[str, Any]:
                     os.killpg(worker, signal.SIGKILL)
         for end in (outcome_r, status_r):
             end.close()
+    if ended is not None and ended["how"] == "cancelled":
+        return {"status": "cancelled", "reason": "stopped: the run was interrupted", "result": {}, "environment": {}}
     if outcome is not None:
         return outcome
     if ended is None:
@@ -263,7 +289,7 @@ def _receive(conn: Any, waiting: list[Any]) -> Any:
 
 
 def _supervise(life: Any, status: Any, outcome: Any, load_args: dict[str, Any], cell: dict[str, Any],
-               timeout: float) -> None:
+               timeout: float, placement: dict[str, Any]) -> None:
     """The supervisor's whole life: fork the worker, watch it, kill its tree, report how it ended."""
     _detach_from_fork_server()
     for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGTERM):  # it stops when the lifeline says so
@@ -278,7 +304,7 @@ def _supervise(life: Any, status: Any, outcome: Any, load_args: dict[str, Any], 
         try:
             life.close()
             status.close()
-            code = _worker(outcome, load_args, cell, supervisor)
+            code = _worker(outcome, load_args, cell, supervisor, placement)
         finally:
             os._exit(code)
     outcome.close()
@@ -379,7 +405,22 @@ def _prctl(option: int, value: int) -> None:
 # --- in the worker -----------------------------------------------------------------------------
 
 
-def _worker(conn: Any, load_args: dict[str, Any], cell_dict: dict[str, Any], supervisor: int) -> int:
+def apply_placement(placement: dict[str, Any], budget_threads: int | None) -> None:
+    """Pin this process (and the threads it starts) to `placement["cpus"]`, show it only
+    `placement["gpus"]` (before anything initialises CUDA), and give a cell whose budget leaves `threads`
+    unset as many torch threads as it has cores."""
+    if placement.get("cpus") and hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, placement["cpus"])
+    if placement.get("gpus") is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in placement["gpus"])
+    if budget_threads is None and placement.get("threads"):
+        import torch
+
+        torch.set_num_threads(int(placement["threads"]))
+
+
+def _worker(conn: Any, load_args: dict[str, Any], cell_dict: dict[str, Any], supervisor: int,
+            placement: dict[str, Any] | None = None) -> int:
     """Run the cell and send its outcome; the return value is the worker's exit code."""
     with contextlib.suppress(OSError):
         os.setpgid(0, 0)
@@ -392,8 +433,9 @@ def _worker(conn: Any, load_args: dict[str, Any], cell_dict: dict[str, Any], sup
         from harness.runner import execute_cell
         from harness.specs import Cell
 
-        registry = HarnessPluginManager().load_all(**load_args)
         cell = Cell.from_dict(cell_dict)
+        apply_placement(placement or {}, cell.budget.threads)  # before the registry's backends look for GPUs
+        registry = HarnessPluginManager().load_all(**load_args)
         limit = apply_memory_limit(cell.budget.memory_limit)
         outcome = execute_cell(cell, registry)
         if limit and outcome["status"] == "failed" and _out_of_memory(outcome.get("reason", "")):

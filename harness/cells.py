@@ -11,8 +11,8 @@ from datetime import datetime, timezone
 from typing import Any
 
 import harness
-from harness.results import SCHEMA_VERSION, capture_environment, fingerprint
-from harness.specs import Cell, params_dict, resolve_params
+from harness.results import SCHEMA_VERSION, fingerprint
+from harness.specs import MEASUREMENT_STEPS_KEY, Cell, check_steps, params_dict, resolve_params
 
 FAILED_STATUSES = ("failed", "timeout", "diverged")
 
@@ -44,8 +44,10 @@ def resolve_cell(cell: Cell, registry: Any) -> dict[str, Any]:
         "backend": cell.backend,
         "budget": budget_config(cell.budget),
     }
+    measurements = resolve_measurements(cell, registry)
+    m_regs = [registry.measurement(name) for name, _, _ in measurements]
     plugins = {}
-    for reg in (a_reg, s_reg, b_reg):
+    for reg in (a_reg, s_reg, b_reg, *m_regs):
         info = registry.infos.get(reg.plugin)
         plugins[reg.plugin] = info.version if info is not None else ""
     code_version = {
@@ -55,6 +57,10 @@ def resolve_cell(cell: Cell, registry: Any) -> dict[str, Any]:
         "backend": b_reg.spec.version,
         "plugins": plugins,
     }
+    if measurements:  # only then: a cell without measurements keeps the configuration it always had
+        config["measurements"] = [{"name": name, "options": params_dict(options), "steps": steps}
+                                  for name, options, steps in measurements]
+        code_version["measurements"] = {reg.spec.name: reg.spec.version for reg in m_regs}
     neutral = set(s_reg.spec.episode_neutral)
     episode_config = {k: v for k, v in config["suite"]["config"].items() if k not in neutral}
     episode_key = (cell.suite, episode_config, cell.budget.test_seed)
@@ -67,7 +73,21 @@ def resolve_cell(cell: Cell, registry: Any) -> dict[str, Any]:
         "test": stable_seed("test", *episode_key),
     }
     return {"config": config, "code_version": code_version, "fingerprint": fingerprint(config, code_version),
-            "seeds": seeds, "hparams": hparams, "suite_config": suite_config}
+            "seeds": seeds, "hparams": hparams, "suite_config": suite_config, "measurements": measurements}
+
+
+def resolve_measurements(cell: Cell, registry: Any) -> list[tuple[str, Any, list[int] | None]]:
+    """[(name, options dataclass, steps)] of the cell's measurements; `steps` are those measured besides the
+    final one (None: only the final one).
+    Raises UsageError (ParamError) naming the measurement and the key for a bad name or option."""
+    out = []
+    for name, given in cell.measurements:
+        spec = registry.measurement(name).spec
+        options = dict(given)
+        steps = options.pop(MEASUREMENT_STEPS_KEY, None)
+        out.append((name, resolve_params(spec.options, options, f"measurement {name!r}"),
+                    None if steps is None else check_steps(steps, name)))
+    return out
 
 
 def build_record(cell: Cell, resolved: dict[str, Any], outcome: dict[str, Any], *, mode: str,
@@ -89,7 +109,8 @@ def build_record(cell: Cell, resolved: dict[str, Any], outcome: dict[str, Any], 
         "started_at": started_at,
         "finished_at": finished_at,
     }
-    for key in ("metric", "timings", "memory", "params", "suite_info", "algorithm_info", "curve", "best"):
+    for key in ("metric", "timings", "memory", "params", "suite_info", "algorithm_info", "curve", "best",
+                "per_episode", "measurements"):
         record[key] = outcome.get("result", {}).get(key)
     if record["timings"] is not None:
         record["timings"]["cell_s"] = (datetime.fromisoformat(finished_at) - datetime.fromisoformat(started_at)).total_seconds()
@@ -110,24 +131,17 @@ def run_one(cell: Cell, registry: Any, *, in_process: bool = False, resolved: di
     `exclusive` False records that other work shared the machine (timings not comparable); a callable
     is asked once the cell has run and returns (exclusive, number of other runs seen meanwhile).
     """
-    resolved = resolved or resolve_cell(cell, registry)
-    started = now_iso()
-    if in_process:
-        from harness.runner import execute_cell
+    from harness.executors import CellJob
 
-        outcome = execute_cell(cell, registry)
-    else:
-        from harness.cellprocess import run_in_process_tree
-
-        outcome = run_in_process_tree(cell, _absolute_load_args(registry.load_args))
-    if not outcome.get("environment"):
-        outcome["environment"] = capture_environment()
+    job = CellJob(cell, resolved or resolve_cell(cell, registry), absolute_load_args(registry.load_args))
+    record = job.run(executor="serial", registry=registry, in_process=in_process)
     alone, others = exclusive() if callable(exclusive) else (exclusive, 0)
-    return build_record(cell, resolved, outcome, mode="in-process" if in_process else "subprocess",
-                        started_at=started, finished_at=now_iso(), exclusive=alone, shared_with=others)
+    record["execution"].update(exclusive=alone, shared_with=others)
+    return record
 
 
-def _absolute_load_args(load_args: dict[str, Any]) -> dict[str, Any]:
+def absolute_load_args(load_args: dict[str, Any]) -> dict[str, Any]:
+    """A registry's load arguments with plugin file paths made absolute (for a process started elsewhere)."""
     args = dict(load_args)
     args["plugins"] = [os.path.abspath(p) if p.endswith(".py") else p for p in load_args.get("plugins", [])]
     return args
@@ -142,4 +156,3 @@ def skipped_record(cell: Cell, registry: Any, status: str, reason: str) -> dict[
     now = now_iso()
     return build_record(cell, resolved, {"status": status, "reason": reason, "environment": {}},
                         mode="none", started_at=now, finished_at=now)
-

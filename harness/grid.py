@@ -12,8 +12,18 @@ A grid is a union of blocks. Top-level keys give defaults for every block:
     [[block]]
     algorithms = ["maml", { name = "reptile", inner_lr = [0.01, 0.02] }]   # "*" = every algorithm
     suites = [{ name = "sinusoid", shots = [5, 10] }]                      # "*" = every suite
-    budget = { iterations = 500 }   # optional; also seeds, backends
+    budget = { iterations = 500 }   # optional; also seeds, backends, measurements
     exclude = ["metaopt"]           # optional: names left out of this block (of a "*" above all)
+
+Extra measurements of the adapted learners at meta-test (plugins' `MeasurementSpec`s), at the top level
+(every block) or in a block (replacing the top level's; `[]` switches them off), with their options (a
+list value is one value, never a sweep) and optionally adaptation `steps` to measure at besides the final
+one (`steps = [0]`: before adapting too; those columns end in `@0`):
+
+    measurements = [{ name = "lipschitz", steps = [0] }, { name = "noise-robustness", sigmas = [0.01, 0.1] }]
+
+They enter the fingerprint of the cells that enable them, never the cell id; a measurement is left out of
+cells whose suite is of a task kind it does not measure.
 
 A list value sweeps a parameter (cartesian product); a parameter that itself takes a list is swept
 with a list of lists. Published numbers for a "reported" column in the leaderboards:
@@ -43,10 +53,13 @@ from typing import Any
 from harness.errors import GridError, ParamError, UsageError, unknown_name
 from harness.specs import (
     MAX_SEED,
+    MEASUREMENT_STEPS_KEY,
     Budget,
     Cell,
+    check_steps,
     format_params,
     is_sequence_field,
+    measurement_requests,
     params_dict,
     resolve_params,
 )
@@ -56,10 +69,11 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-TOP_KEYS = {"name", "description", "seeds", "backends", "budget", "block", "reported", "max_cells"}
+TOP_KEYS = {"name", "description", "seeds", "backends", "budget", "block", "reported", "max_cells",
+            "executor", "measurements"}
 #: The most cells a grid may expand to unless it says otherwise (`max_cells`, `--max-cells`).
 MAX_CELLS = 100_000
-BLOCK_KEYS = {"algorithms", "suites", "seeds", "backends", "budget", "name", "exclude"}
+BLOCK_KEYS = {"algorithms", "suites", "seeds", "backends", "budget", "name", "exclude", "measurements"}
 
 
 @dataclass
@@ -80,6 +94,8 @@ class Grid:
     source: str
     cells: list[Cell] = field(default_factory=list)
     skipped: list[Skipped] = field(default_factory=list)
+    #: The executor the grid asks for (`executor = "local"`); `harness run --executor` overrides it.
+    executor: str | None = None
 
 
 @dataclass
@@ -155,6 +171,7 @@ class _Block:
     all_algorithms: bool
     all_suites: bool
     size: int
+    measurements: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
 
 
 def load_grid(
@@ -196,6 +213,11 @@ def load_grid(
             raise where.error(key, f"must be a{' non-empty' if key == 'name' else ''} string, got {data[key]!r}")
     limit = max_cells or _max_cells(data.get("max_cells", MAX_CELLS), where)
     grid = Grid(name=str(data.get("name", path.stem)), description=str(data.get("description", "")), source=str(path))
+    if "executor" in data:
+        if not isinstance(data["executor"], str) or data["executor"] not in registry.executors:
+            valid = ", ".join(sorted(registry.executors)) or "none registered"
+            raise where.error("executor", f"must name a registered executor ({valid}), got {data['executor']!r}")
+        grid.executor = data["executor"]
     raw_blocks = data.get("block", [])
     if not isinstance(raw_blocks, list) or not raw_blocks or not all(isinstance(b, dict) for b in raw_blocks):
         raise where.error("block", "a grid needs at least one [[block]] table with algorithms and suites")
@@ -244,9 +266,45 @@ def _read_block(raw: dict[str, Any], index: int, line: int, data: dict[str, Any]
     suite_entries = [(name, params) for name, params in suite_entries if name not in excluded]
     n_algos = sum(_count(params, registry.algorithm(name).spec.hparams, where, line) for name, params in algo_entries)
     n_suites = sum(_count(params, registry.suite(name).spec.config, where, line) for name, params in suite_entries)
+    if "measurements" in raw:
+        measurements = _measurements(raw["measurements"], where, line, registry)
+    else:
+        measurements = _measurements(data.get("measurements", []), where, 0, registry)
     return _Block(index, line, budget, block_seeds, block_backends, algo_entries, suite_entries,
                   raw.get("algorithms") in ("*", ["*"]), raw.get("suites") in ("*", ["*"]),
-                  n_algos * n_suites * len(block_backends) * len(block_seeds))
+                  n_algos * n_suites * len(block_backends) * len(block_seeds), measurements)
+
+
+def _measurements(value: Any, where: _Where, line: int, registry: Any) -> list[tuple[str, dict[str, Any]]]:
+    """`[{ name = "lipschitz" }, { name = "noise-robustness", sigmas = [0.1] }]` -> [(name, options)],
+    every name, option and `steps` checked against the measurement's spec (errors with file:line)."""
+    shape = ('must be a list of tables, e.g. [{ name = "lipschitz" }, { name = "noise-robustness", '
+             'sigmas = [0.01, 0.1] }]')
+    if not isinstance(value, list):
+        raise where.error("measurements", f"{shape}; got {value!r}", line)
+    out: list[tuple[str, dict[str, Any]]] = []
+    for entry in value:
+        if isinstance(entry, str):
+            entry = {"name": entry}
+        if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
+            raise where.error("measurements", f"{shape}; each entry needs a name, got {entry!r}", line)
+        options = dict(entry)
+        name = options.pop("name")
+        if name not in registry.measurements:
+            known = registry.measurements
+            raise where.error("measurements", str(unknown_name("measurement", name, known)), line)
+        if name in (n for n, _ in out):
+            raise where.error("measurements", f"measurement {name!r} is listed twice; give it once, with all "
+                              "its options (its columns would collide)", line)
+        own = {k: v for k, v in options.items() if k != MEASUREMENT_STEPS_KEY}
+        try:
+            resolve_params(registry.measurement(name).spec.options, own, f"measurement {name!r}")
+            if MEASUREMENT_STEPS_KEY in options:
+                check_steps(options[MEASUREMENT_STEPS_KEY], name)
+        except ParamError as exc:
+            raise where.error("measurements", str(exc), line) from None
+        out.append((name, options))
+    return out
 
 
 def _expand_block(block: _Block, grid: Grid, seen: dict[str, tuple[int, Cell]], reported: _Reported,
@@ -271,13 +329,21 @@ def _expand_block(block: _Block, grid: Grid, seen: dict[str, tuple[int, Cell]], 
         suite_cfgs, algo_cfgs, block.backends, block.seeds
     ):
         b_reg = registry.backend(backend)
+        kind = registry.suite(s_name).spec.task_kind
+        measured = measurement_requests((name, options) for name, options in block.measurements
+                                        if kind in registry.measurement(name).spec.task_kinds)
         cell = Cell(a_name, tuple(sorted(a_cfg.items())), s_name, tuple(sorted(s_cfg.items())), b_reg.spec.name,
-                    seed, block.budget, grid.name, _reported_for(reported, a_name, s_name, s_cfg, registry))
+                    seed, block.budget, grid.name, _reported_for(reported, a_name, s_name, s_cfg, registry),
+                    measured)
         if cell.id in seen:
             first_index, first = seen[cell.id]
             if first.budget != block.budget and not ({a_name, s_name} & added):
                 raise where.error("budget", f"cell {cell.id} appears in blocks {first_index} and {block.index} "
                                   "with different budgets; a cell must have one budget", block.line)
+            if first.measurements != measured and not ({a_name, s_name} & added):
+                raise where.error("measurements", f"cell {cell.id} appears in blocks {first_index} and "
+                                  f"{block.index} with different measurements; a cell must have one set",
+                                  block.line)
             continue
         seen[cell.id] = (block.index, cell)
         a_reg, s_reg = registry.algorithm(a_name), registry.suite(s_name)
@@ -294,7 +360,8 @@ def _expand_block(block: _Block, grid: Grid, seen: dict[str, tuple[int, Cell]], 
                                   f"{format_params(s_cfg) or 'its defaults'}: {impossible}", block.line)
             grid.skipped.append(Skipped(cell, "skipped", f"algorithm {a_name!r} on suite {s_name!r}: {impossible}"))
             continue
-        for reg, what in ((b_reg, "backend"), (a_reg, "algorithm"), (s_reg, "suite")):
+        m_regs = [(registry.measurement(name), "measurement") for name, _ in measured]
+        for reg, what in ((b_reg, "backend"), (a_reg, "algorithm"), (s_reg, "suite"), *m_regs):
             if not reg.available:
                 grid.skipped.append(Skipped(cell, "unavailable", f"{what} {reg.spec.name!r} unavailable: {reg.reason}"))
                 break

@@ -53,6 +53,28 @@ def harness_register_backends() -> list[Any]:
 
 
 @hookspec
+def harness_register_executors() -> list[Any]:
+    """Return a list of `ExecutorSpec` this plugin offers (how cells reach processes, GPUs, machines).
+
+    Called once when the registry is built. `harness run --executor NAME` (or a grid's `executor` key)
+    picks one; the bundled ones are `serial` (the default), `local` and `ray`.
+    """
+
+
+@hookspec
+def harness_register_measurements() -> list[Any]:
+    """Return a list of `MeasurementSpec` this plugin offers: extra measurements of the adapted learners.
+
+    Called once when the registry is built. A grid enables them by name, at the top level or in a block
+    (`measurements = [{ name = "lipschitz" }, { name = "noise-robustness", sigmas = [0.01, 0.1] }]`); the
+    runner then builds each one in the cell's process (`MeasurementSpec.factory(options=, suite=)`) and
+    calls its `measure` on every test episode's adapted learner. Each column it returns lands in the
+    record's `measurements` (mean and 95% interval over the episodes) and in the leaderboards. Cells
+    without measurements are run and fingerprinted exactly as if this hook did not exist.
+    """
+
+
+@hookspec
 def harness_register_grids() -> dict[str, Any]:
     """Return {grid name: path of a TOML grid file} for grids this plugin ships.
 

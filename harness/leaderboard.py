@@ -1,28 +1,28 @@
-"""Leaderboards as pure functions of result records: pandas tables as Markdown, CSV, LaTeX, terminal text."""
+"""Leaderboards as pure functions of result records: pandas tables with paired statistics (`harness.stats`),
+written as Markdown, CSV and LaTeX by `harness.render`."""
 
 from __future__ import annotations
 
+import json
 import math
-import re
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
-from tabulate import tabulate
 
+from harness import episode_values, stats
 from harness.errors import UsageError
-from harness.files import atomic_write_text
 from harness.measure import mean_ci95
-from harness.results import record_time, slugify
+from harness.render import write_tables
+from harness.results import record_time
 from harness.specs import format_params
 
-FORMATS = {"md": ".md", "csv": ".csv", "latex": ".tex"}
 NO_GRID = "adhoc"  # directory for cells run without a grid name
 MAX_STEP_COLUMNS = 4
 _MIB = 2**20
-_TEXT_COLUMNS = ("algorithm", "backend", "reported")
 
 
 def _suite_label(cell: Mapping[str, Any]) -> str:
@@ -51,31 +51,65 @@ def _pick_steps(rows: list[dict[str, Any]]) -> list[int]:
     return chosen
 
 
+_NO_VALUES = "no per-episode values in its records"
+
+
+def _episode_matrix(records: list[dict[str, Any]]) -> tuple[np.ndarray | None, Any, str]:
+    """A row's [seeds, episodes] final-step values, their episode identity, and why not ('' if there)."""
+    keys = {episode_values.identity(r) for r in records}
+    if None in keys:
+        return None, None, _NO_VALUES
+    if len(keys) > 1:
+        return None, None, "its seeds were tested on different episodes"
+    try:
+        matrix = np.vstack([episode_values.values(r, -1) for r in records])
+    except ValueError as exc:
+        return None, None, f"unreadable per-episode values ({exc})"
+    if not np.isfinite(matrix).all():
+        return None, None, "non-finite per-episode values (diverged episodes)"
+    return matrix, keys.pop(), ""
+
+
+def _over_seeds(prefix: str, entries: Iterable[tuple[str, Any]]) -> dict[str, float]:
+    """`{prefix}{name}_mean` / `_ci95` columns of per-seed (name, {mean, ci95}) entries, aggregated over seeds
+    as the headline metric is without per-episode values: mean ± t-interval over seeds, one seed its CI."""
+    pairs: dict[str, list[tuple[float, float]]] = defaultdict(list)
+    for name, entry in entries:
+        if isinstance(entry, dict) and isinstance(entry.get("mean"), (int, float)):
+            pairs[name].append((entry["mean"], entry.get("ci95") or math.nan))
+    columns = {}
+    for name, values in pairs.items():
+        mean, ci, _ = mean_ci95([v[0] for v in values]) if len(values) > 1 else (*values[0], 0.0)
+        columns[f"{prefix}{name}_mean"], columns[f"{prefix}{name}_ci95"] = mean, ci
+    return columns
+
+
 def _aggregate(records: list[dict[str, Any]]) -> dict[str, Any]:
     """One leaderboard row from the latest ok record of each seed of one algorithm configuration."""
+    records = sorted(records, key=lambda r: (str((r.get("cell") or {}).get("seed")), str(r.get("cell_id"))))
     metrics = [r.get("metric") or {} for r in records]
     seed_means = [m.get("mean") for m in metrics if isinstance(m.get("mean"), (int, float))]
     episode_ci = _mean(m.get("ci95") for m in metrics)
-    if len(seed_means) > 1:
-        mean, ci, _ = mean_ci95(seed_means)
-        ci_over = "seeds"
+    matrix, key, untested = _episode_matrix(records)
+    mean = math.fsum(seed_means) / len(seed_means) if seed_means else math.nan
+    if len(seed_means) > 1 and matrix is not None:  # seeds and episodes both vary: harness.stats
+        _, low, high = stats.bootstrap_interval([matrix], [1.0])
+        ci, ci_over = (high - low) / 2, "seeds+episodes"
     else:
-        mean, ci, ci_over = (seed_means[0] if seed_means else math.nan), episode_ci, "episodes"
+        if len(seed_means) > 1:
+            mean, ci, _ = mean_ci95(seed_means)
+            ci_over = "seeds"
+        else:
+            ci, ci_over = episode_ci, "episodes"
+        low, high = mean - ci, mean + ci
     per_step: dict[int, list[float]] = defaultdict(list)
     for m in metrics:
         for entry in m.get("per_step") or []:
             if isinstance(entry.get("step"), int) and isinstance(entry.get("mean"), (int, float)):
                 per_step[entry["step"]].append(entry["mean"])
-    trajectory: dict[str, list[tuple[float, float]]] = defaultdict(list)
-    for m in metrics:
-        for name, entry in (m.get("trajectory") or {}).items():
-            if isinstance(entry, dict) and isinstance(entry.get("mean"), (int, float)):
-                trajectory[name].append((entry["mean"], entry.get("ci95") or math.nan))
-    trajectory_columns = {}
-    for name, pairs in trajectory.items():  # aggregated over seeds as the headline metric is
-        t_mean, t_ci, _ = mean_ci95([p[0] for p in pairs]) if len(pairs) > 1 else (pairs[0][0], pairs[0][1], 0.0)
-        trajectory_columns[f"trajectory_{name}_mean"] = t_mean
-        trajectory_columns[f"trajectory_{name}_ci95"] = t_ci
+    trajectory = _over_seeds("trajectory_", (i for m in metrics for i in (m.get("trajectory") or {}).items()))
+    measured = _over_seeds("measurement_", (i for r in records
+                                            for i in (r.get("measurements") or {}).items()))
     timings = [r.get("timings") or {} for r in records]
     peaks = [(r.get("memory") or {}).get("peak_bytes") for r in records]
     peaks = [p for p in peaks if isinstance(p, (int, float))]
@@ -84,6 +118,8 @@ def _aggregate(records: list[dict[str, Any]]) -> dict[str, Any]:
         "seeds": len(records),
         "metric_mean": mean,
         "metric_ci95": ci,
+        "ci_low": low,
+        "ci_high": high,
         "ci_over": ci_over,
         "episode_ci95": episode_ci,
         "test_episodes": max((m.get("n") or 0 for m in metrics), default=0) or None,
@@ -95,7 +131,11 @@ def _aggregate(records: list[dict[str, Any]]) -> dict[str, Any]:
         "_per_step": {step: math.fsum(v) / len(v) for step, v in per_step.items()},
         "final_step": metrics[0].get("final_step") if metrics else None,
         "chosen": _chosen(records),
-        "_trajectory": trajectory_columns,
+        "_why": untested,
+        "_trajectory": trajectory,
+        "_measured": measured,
+        "_matrix": matrix,
+        "_key": key,
     }
 
 
@@ -120,22 +160,23 @@ def _lookup_reported(
     return ""
 
 
+_CI_TEXT = {  # what ± is, by `ci_over`
+    "seeds+episodes": "several seeds with per-episode values: mean over seeds ± half the width of a 95% "
+                      "two-way bootstrap interval resampling seeds and test episodes (Owen 2007; "
+                      "conservative)",
+    "seeds": "several seeds without per-episode values: mean over seeds ± 95% t-interval over seed means "
+             "(episode CI: mean per-seed 95% CI over episodes)",
+    "episodes": "one seed: mean ± 95% t-interval over test episodes",
+}
+
+
 def _describe(records: list[dict[str, Any]], label: str, higher: bool, ci_over: set[str]) -> str:
-    """One line saying what the numbers are, for the top of the table."""
+    """One line saying what the numbers are, for the top of the table (the caption of the LaTeX table)."""
     if not records:
         return "No cell of this table completed; the notes below say why."
     ns = sorted({(r.get("metric") or {}).get("n") for r in records} - {None})
     episodes = f"{ns[0]}" if len(ns) == 1 else (f"{ns[0]} to {ns[-1]}" if ns else "?")
-    if ci_over == {"seeds"}:
-        ci_text = (
-            "mean over seeds ± 95% t-interval over seeds (episode CI: mean per-seed 95% CI over episodes)"
-        )
-    elif ci_over == {"episodes"}:
-        ci_text = "one seed, mean ± 95% CI over test episodes"
-    else:
-        ci_text = (
-            "± is the 95% t-interval over seeds where a row has several, else the 95% CI over test episodes"
-        )
+    ci_text = "; ".join(_CI_TEXT[kind] for kind in sorted(ci_over))
     machines, torches = Counter(), Counter()
     for r in records:
         env = r.get("environment") or {}
@@ -155,11 +196,111 @@ def _failure_note(failed: list[dict[str, Any]]) -> str:
 
 def _pending_note(pending: list[str], grid: str) -> str:
     shown = ", ".join(sorted(pending)[:5]) + (", ..." if len(pending) > 5 else "")
-    return f"{len(pending)} cell(s) of the grid have no record yet ({shown}): `harness run --grid {grid}` runs them."
+    return (f"{len(pending)} cell(s) of the grid have no record yet ({shown}): `harness run --grid {grid}` "
+            "runs them.")
+
+
+def _canonical(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, default=str)
+
+
+def _full_config(record: Mapping[str, Any], part: str) -> dict[str, Any]:
+    """The record's resolved hyper-parameters (`part` "algorithm") or budget ("budget"); the cell's own
+    values where the record has no configuration (records made by hand)."""
+    config = record.get("config") or {}
+    value = (config.get("algorithm") or {}).get("hparams") if part == "algorithm" else config.get("budget")
+    if isinstance(value, dict):
+        return dict(value)
+    cell = record.get("cell") or {}
+    return dict(cell.get("hparams" if part == "algorithm" else "budget") or {})
+
+
+def _row_labels(rows: list[dict[str, Any]], neutral: Mapping[str, Iterable[str]]) -> list[str]:
+    """Each row's label: its algorithm with the hyper-parameters whose values differ between the table's
+    rows of that algorithm, leaving out result-neutral ones (`harness.specs.RESULT_NEUTRAL`) unless only
+    they tell two rows apart; the full configuration goes to the CSV and the footnote."""
+    by_name: dict[str, list[int]] = defaultdict(list)
+    for i, row in enumerate(rows):
+        by_name[row["algorithm_name"]].append(i)
+
+    def label(i: int, with_neutral: bool) -> str:
+        name, mine = rows[i]["algorithm_name"], rows[i]["_hparams"]
+        group = [rows[j]["_hparams"] for j in by_name[name]]
+        keys = sorted({k for hp in group for k in hp})
+        differ = [k for k in keys if len({_canonical(hp[k]) if k in hp else "(unset)" for hp in group}) > 1]
+        hidden = () if with_neutral else set(neutral.get(name, ()))
+        return name + format_params({k: mine[k] for k in differ if k in mine and k not in hidden})
+
+    labels = [label(i, False) for i in range(len(rows))]
+    for attempt in (lambda i: label(i, True), lambda i: rows[i]["cell_label"]):
+        seen = Counter((labels[i], rows[i]["backend"]) for i in range(len(rows)))
+        labels = [attempt(i) if seen[(labels[i], rows[i]["backend"])] > 1 else labels[i]
+                  for i in range(len(rows))]
+    return labels
+
+
+def _settings(values: Mapping[str, Any]) -> str:
+    """`a=1, b=(2, 3)`: every setting, values written as in labels."""
+    return ", ".join(format_params({k: values[k]})[1:-1].replace(",", ", ") for k in sorted(values)) or "-"
+
+
+def _configurations(rows: list[dict[str, Any]], ok: list[dict[str, Any]]) -> list[str]:
+    """The footnote lines: the suite's and budget's full configuration, then every row's hyper-parameters."""
+    suites = Counter(_canonical(((r.get("config") or {}).get("suite") or {}).get("config")) for r in ok)
+    lines = []
+    if len(suites) == 1 and (suite := json.loads(next(iter(suites)))):
+        lines.append(f"suite: {_settings(suite)}")
+    budgets = sorted({row["budget"] for row in rows})
+    if len(budgets) == 1 and budgets[0] != "{}":
+        lines.append(f"budget: {_settings(json.loads(budgets[0]))}")
+    elif len(budgets) > 1:
+        lines.append("budget: differs between rows (the CSV's budget column gives each)")
+    shown = dict.fromkeys(f"{row['algorithm']}: {_settings(json.loads(row['hparams']))}" for row in rows)
+    return lines + list(shown)
+
+
+def _statistics_columns(result: stats.TableStatistics, rows: list[dict[str, Any]]) -> None:
+    """Put the paired statistics of `harness.stats.table_statistics` into the rows."""
+    for i, row in enumerate(rows):
+        test, delta = result.vs_best[i], result.delta[i] or (math.nan,) * 3
+        rank, leader = result.rank[i], result.leader[i]
+        row.update(
+            rank=rank, rank_label="" if rank is None else f"{rank}{'=' if result.shared[i] else ''}",
+            shared_rank=result.shared[i], delta_vs_best=delta[0], delta_ci_low=delta[1],
+            delta_ci_high=delta[2],
+            paired_episodes=test.n if test else None, p_t=test.t_pvalue if test else math.nan,
+            p_t_holm=result.t_holm[i], p_wilcoxon=test.w_pvalue if test else math.nan,
+            p_wilcoxon_holm=result.w_holm[i], rank_p_holm=result.rank_pvalue[i],
+            rank_leader=rows[leader]["algorithm"] if leader is not None and leader != i else "",
+            stats_note=test.reason if test else result.reasons[i], _untested=result.reasons[i])
+
+
+def _untested_note(rows: list[dict[str, Any]]) -> str:
+    untested = [row for row in rows if row["_untested"]]
+    if len(rows) < 2 or not untested:
+        return ""
+    if {row["_untested"] for row in rows} == {_NO_VALUES}:
+        return ("no paired tests: these records keep no per-episode values (they predate them), so rows are "
+                "ranked by mean alone; re-running the cells adds them.")
+    listed = "; ".join(f"{row['algorithm']} ({row['_untested']})" for row in untested)
+    return f"not tested, ranked by mean and never tied: {listed}."
+
+
+_COLUMNS_HEAD = (
+    "rank rank_label grid suite algorithm backend seeds metric higher_is_better metric_mean metric_ci95 "
+    "ci_low ci_high ci_over episode_ci95 test_episodes final_step"
+).split()
+_COLUMNS_STATS = (
+    "delta_vs_best delta_ci_low delta_ci_high paired_episodes p_t p_t_holm p_wilcoxon p_wilcoxon_holm "
+    "shared_rank rank_leader rank_p_holm stats_note"
+).split()
+_COLUMNS_TAIL = "meta_train_s time_per_iter_ms adapt_latency_ms peak_memory_mib params".split()
+_COLUMNS_CONFIG = "algorithm_name cell_label hparams budget".split()
 
 
 def _build_table(grid: str, suite_label: str, records: list[dict[str, Any]], reported: Any,
-                 pending: list[str]) -> pd.DataFrame:
+                 pending: list[str], neutral: Mapping[str, Iterable[str]], alpha: float,
+                 test: str) -> pd.DataFrame:
     """One leaderboard from the latest record of every cell of one (grid, suite label); `pending` are the
     ids of the grid's cells there that have no record yet."""
     ok = [r for r in records if r.get("status") == "ok"]
@@ -178,35 +319,56 @@ def _build_table(grid: str, suite_label: str, records: list[dict[str, Any]], rep
         cell = recs[0].get("cell") or {}
         row = {"grid": grid, "suite": suite_label, "algorithm": algo_label, "backend": backend}
         row.update(metric=metric, higher_is_better=higher, **_aggregate(recs))
+        row.update(algorithm_name=str(cell.get("algorithm", "?")), cell_label=algo_label,
+                   _hparams=_full_config(recs[0], "algorithm"),
+                   budget=_canonical(_full_config(recs[0], "budget")))
         if reported is not None:
             suite, algo = str(cell.get("suite")), str(cell.get("algorithm"))
             row["reported"] = _lookup_reported(reported, suite, suite_label, algo, algo_label)
         rows.append(row)
+    for row, short in zip(rows, _row_labels(rows, neutral), strict=True):
+        row["algorithm"], row["hparams"] = short, _canonical(row.pop("_hparams"))
+    result = stats.table_statistics([r["metric_mean"] for r in rows], [r.pop("_matrix") for r in rows],
+                                    [r.pop("_key") for r in rows], higher, alpha, test,
+                                    reasons=[r.pop("_why") for r in rows])
+    _statistics_columns(result, rows)
     steps = _pick_steps(rows)
-    trajectory_names: list[str] = []
+    extra_names: dict[str, list[str]] = {"_trajectory": [], "_measured": []}
     for row in rows:
         per_step = row.pop("_per_step")
         row.update({f"metric_step_{step}": per_step.get(step, math.nan) for step in steps})
-        extra = row.pop("_trajectory")
-        row.update(extra)
-        trajectory_names += [c for c in extra if c not in trajectory_names]
-    # Labels of the suite's trajectory metrics, as the records carry them.
-    trajectory_labels = {name: entry.get("label") or name.replace("_", " ")
-                         for r in ok for name, entry in ((r.get("metric") or {}).get("trajectory") or {}).items()
+        for key, seen in extra_names.items():
+            extra = row.pop(key)
+            row.update(extra)
+            seen += [c for c in extra if c not in seen]
+    # Labels of the suite's trajectory metrics and of the extra measurements, as the records carry them.
+    trajectory_labels = {name: entry.get("label") or name.replace("_", " ") for r in ok
+                         for name, entry in ((r.get("metric") or {}).get("trajectory") or {}).items()
                          if isinstance(entry, dict)}
+    measurement_labels = {name: {"label": entry.get("label") or name.replace("_", " "),
+                                 "higher_is_better": entry.get("higher_is_better")}
+                          for r in ok for name, entry in (r.get("measurements") or {}).items()
+                          if isinstance(entry, dict)}
     columns = [
-        *_COLUMNS_HEAD,
+        *_COLUMNS_HEAD, *_COLUMNS_STATS,
         *(f"metric_step_{s}" for s in steps),
-        *trajectory_names,
+        *extra_names["_trajectory"], *extra_names["_measured"],
         *(["chosen"] if any(row["chosen"] for row in rows) else []),
         *(["reported"] if reported is not None else []),
     ]
-    frame = pd.DataFrame(rows, columns=[*columns, *_COLUMNS_TAIL])
+    frame = pd.DataFrame(rows, columns=[*columns, *_COLUMNS_TAIL, *_COLUMNS_CONFIG])
     if len(frame):
-        frame["rank"] = frame["metric_mean"].rank(method="min", ascending=not higher, na_option="keep")
-        frame = frame.sort_values(["rank", "algorithm", "backend"], na_position="last", kind="stable")
-    frame = frame.astype({"rank": "Int64", "params": "Int64"}).reset_index(drop=True)
+        frame = frame.sort_values(["rank", "metric_mean", "algorithm", "backend"], na_position="last",
+                                  ascending=[True, not higher, True, True], kind="stable")
+    frame = frame.astype({"rank": "Int64", "params": "Int64", "paired_episodes": "Int64",
+                          "shared_rank": bool}).reset_index(drop=True)
     notes = []
+    tested = any(t is not None for t in result.vs_best)
+    procedure = stats.procedure_note(alpha, test) if tested else ""
+    if procedure:
+        notes.append(procedure)
+    if untested := _untested_note(rows):
+        notes.append(untested)
     if len(names) > 1:
         notes.append(f"mixed metrics in this table: {', '.join(sorted(names))}; ranked by {metric}.")
     exclusive = {(r.get("execution") or {}).get("exclusive", True) for r in ok}
@@ -225,24 +387,37 @@ def _build_table(grid: str, suite_label: str, records: list[dict[str, Any]], rep
     description = _describe(ok, label, higher, set(frame["ci_over"]))
     frame.attrs = {"grid": grid, "suite": suite_label, "metric": metric, "metric_label": label,
                    "higher_is_better": higher, "trajectory_labels": trajectory_labels,
-                   "description": description, "notes": notes}  # fmt: skip
+                   "measurement_labels": measurement_labels, "description": description, "notes": notes,
+                   "alpha": alpha, "test": test, "test_name": stats.TEST_NAMES[test], "procedure": procedure,
+                   "configurations": _configurations(rows, ok)}  # fmt: skip
     return frame
 
 
 def build_tables(
     records: Iterable[Mapping[str, Any]], reported: Mapping[Any, Any] | None = None,
-    pending: Iterable[Mapping[str, Any]] = (),
+    pending: Iterable[Mapping[str, Any]] = (), *, neutral: Mapping[str, Iterable[str]] | None = None,
+    alpha: float = stats.ALPHA, test: str = stats.PRIMARY_TEST,
 ) -> dict[tuple[str, str], pd.DataFrame]:
     """Group records into leaderboards keyed by (grid, suite label), one row per (algorithm label, backend).
 
-    Only the newest record per (cell id, grid) counts and only ok ones become rows; a row's seeds are
-    aggregated (mean over seeds ± t-interval; one seed: ± the episode CI). Each frame holds numeric
-    columns (what the CSV gets; `display_table` formats them), sorted by rank, and `attrs` with `grid`,
-    `suite`, `metric`, `higher_is_better`, `description` (what the numbers are) and `notes` (the non-ok
-    cells, for a footnote). `reported` maps (suite label or name, algorithm label or name) to a
-    published number, shown in a `reported` column. `pending` are cells (`Cell.to_dict()`) of a grid
-    that have no record yet: each table says how many of its cells are still to run.
+    Only the newest record per (cell id, grid) counts and only ok ones become rows. A row's seeds are
+    aggregated: the mean over seeds ± an interval (`ci_over` says which: a seeds-and-episodes bootstrap,
+    a t-interval over seeds without per-episode values, one seed's episode CI). Rows are compared on
+    their shared test episodes with the best row and ranked with ties at `alpha` on `test` ("t" or
+    "wilcoxon"), as `harness.stats` describes. Labels show only the hyper-parameters that differ between
+    rows of one algorithm, never those `neutral` names per algorithm (`harness.specs.result_neutral`).
+    Each frame holds numeric columns (what the CSV gets; `display_table` formats them), sorted by rank,
+    and `attrs` with `grid`, `suite`, `metric`, `higher_is_better`, `description` (what the numbers are,
+    the caption), `notes` (the statistics procedure, untested rows, non-ok cells: a footnote),
+    `configurations` (the full configuration, footnote lines), `alpha`, `test`. `reported` maps (suite
+    label or name, algorithm label or name) to a published number, shown in a `reported` column.
+    `pending` are cells (`Cell.to_dict()`) of a grid that have no record yet: each table says how many
+    of its cells are still to run.
     """
+    try:
+        stats.check_test(test, alpha)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
     latest: dict[tuple[str, str], dict[str, Any]] = {}
     for record in sorted(records, key=record_time):  # stable: input order breaks timestamp ties
         cell = record.get("cell") or {}
@@ -253,11 +428,13 @@ def build_tables(
     waiting: dict[tuple[str, str], list[str]] = defaultdict(list)
     for cell in pending:
         waiting[(cell.get("grid") or NO_GRID, _suite_label(cell))].append(str(cell.get("id")))
-    return {key: _build_table(*key, groups[key], _with_recorded(groups[key], reported), waiting[key])
+    return {key: _build_table(*key, groups[key], _with_recorded(groups[key], reported), waiting[key],
+                              neutral or {}, alpha, test)
             for key in sorted(set(groups) | set(waiting))}
 
 
-def _with_recorded(records: list[dict[str, Any]], reported: Mapping[Any, Any] | None) -> Mapping[Any, Any] | None:
+def _with_recorded(records: list[dict[str, Any]],
+                   reported: Mapping[Any, Any] | None) -> Mapping[Any, Any] | None:
     """Published numbers that the grid put into the records' cells, under any given explicitly."""
     recorded = {}
     for record in records:
@@ -269,219 +446,14 @@ def _with_recorded(records: list[dict[str, Any]], reported: Mapping[Any, Any] | 
     return {**recorded, **(reported or {})}
 
 
-_COLUMNS_HEAD = (
-    "rank grid suite algorithm backend seeds metric higher_is_better metric_mean metric_ci95 ci_over "
-    "episode_ci95 test_episodes final_step"
-).split()
-_COLUMNS_TAIL = "meta_train_s time_per_iter_ms adapt_latency_ms peak_memory_mib params".split()
-
-
-def _mean_ci(mean: float, ci: float) -> str:
-    """`0.352 ± 0.021`: the CI to two significant digits and the mean to the same decimals."""
-    if mean is None or math.isnan(mean):
-        return ""
-    if ci is None or math.isnan(ci) or ci <= 1e-9 * abs(mean):  # no spread (a deterministic method)
-        return f"{mean:.4g}"
-    if abs(mean) < 1e-3 or ci < 1e-5:  # fixed notation would print zeros: scientific, as %g does
-        return f"{mean:.3g} ± {ci:.2g}"
-    decimals = min(6, max(0, 1 - math.floor(math.log10(ci))))
-    return f"{mean:.{decimals}f} ± {ci:.{decimals}f}"
-
-
-def _fmt_column(values: Iterable[Any], digits: int = 3) -> list[str]:
-    """Each number to `digits` significant digits in fixed notation (`0.855`, `15.2`, `214`); NaN is blank."""
-    out = []
-    for v in values:
-        if v is None or v is pd.NA or (isinstance(v, float) and math.isnan(v)):
-            out.append("")
-        else:
-            x = float(v)
-            if x and abs(x) < 1e-3:  # 0.00000000 says nothing: scientific notation for tiny values
-                out.append(f"{x:.{digits}g}")
-                continue
-            decimals = max(0, digits - 1 - math.floor(math.log10(abs(x)))) if x else 0
-            out.append(f"{x:.{min(decimals, 8)}f}")
-    return out
-
-
-def display_table(table: pd.DataFrame) -> pd.DataFrame:
-    """The human-facing strings of a `build_tables` frame: `MSE ↓` as `0.352 ± 0.021`, times in s/ms, MiB."""
-    metric = table.attrs.get("metric", str(table["metric"].iloc[0]) if len(table) else "metric")
-    higher = table.attrs.get("higher_is_better", False)
-    name = table.attrs.get("metric_label", metric)
-    out = pd.DataFrame(
-        {
-            "rank": ["" if r is pd.NA else str(int(r)) for r in table["rank"]],
-            "algorithm": table["algorithm"].astype(str),
-            "backend": table["backend"].astype(str),
-            "seeds": [str(s) for s in table["seeds"]],
-            f"{name} {'↑' if higher else '↓'}": [
-                _mean_ci(m, c) for m, c in zip(table["metric_mean"], table["metric_ci95"], strict=True)
-            ],
-        }
-    )
-    if (table["seeds"] > 1).any():
-        out["episode CI"] = _fmt_column(table["episode_ci95"], digits=2)
-    for column in table.columns:
-        if column.startswith("metric_step_"):
-            out[f"{name}@{column.removeprefix('metric_step_')}"] = _fmt_column(table[column])
-    for name, label in table.attrs.get("trajectory_labels", {}).items():
-        if f"trajectory_{name}_mean" in table:
-            out[f"{label} ↓"] = [_mean_ci(m, c) for m, c in
-                                 zip(table[f"trajectory_{name}_mean"], table[f"trajectory_{name}_ci95"], strict=True)]
-    if "chosen" in table:
-        out["chosen"] = table["chosen"].fillna("").astype(str)
-    if "reported" in table:
-        out["reported"] = table["reported"].fillna("").astype(str)
-    for source, header in (
-        ("meta_train_s", "meta-train (s)"),
-        ("time_per_iter_ms", "time/iter (ms)"),
-        ("adapt_latency_ms", "latency (ms/episode)"),
-        ("peak_memory_mib", "peak mem (MiB)"),
-    ):
-        out[header] = _fmt_column(table[source])
-    out["params"] = ["" if v is pd.NA else f"{int(v):,}" for v in table["params"]]
-    return out
-
-
-def _as_display(table: pd.DataFrame) -> pd.DataFrame:
-    return display_table(table) if "metric_mean" in table.columns else table.astype(str)
-
-
-def _tabulate(shown: pd.DataFrame, tablefmt: str) -> str:
-    align = ["left" if c in _TEXT_COLUMNS else "right" for c in shown.columns]
-    rows = [
-        [str(v).replace("|", "\\|") if tablefmt == "pipe" else v for v in row]
-        for row in shown.values.tolist()
-    ]
-    return tabulate(
-        rows, headers=list(shown.columns), tablefmt=tablefmt, disable_numparse=True, colalign=align
-    )
-
-
-def render_markdown(table: pd.DataFrame, title: str, notes: Sequence[str] = (), description: str = "") -> str:
-    """A Markdown section: `# title`, the description line, a pipe table, then notes as a bullet list."""
-    shown = _as_display(table)
-    body = _tabulate(shown, "pipe") if len(shown) else "_(no completed cells)_"
-    parts = [f"# {title}", description, body, "\n".join(f"- {n}" for n in notes)]
-    return "\n\n".join(p for p in parts if p) + "\n"
-
-
-# fmt: off
-_LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
-                  "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
-                  "±": r"$\pm$", "↑": r"$\uparrow$", "↓": r"$\downarrow$", "–": "--", "—": "---"}  # noqa: RUF001
-# fmt: on
-_LATEX_RE = re.compile("|".join(re.escape(k) for k in _LATEX_SPECIAL))
-
-
-def latex_escape(text: str) -> str:
-    """Escape LaTeX specials (& % $ # _ { } ~ ^ \\) and turn ± ↑ ↓ into math symbols."""
-    return _LATEX_RE.sub(lambda m: _LATEX_SPECIAL[m.group()], str(text))
-
-
-def render_latex(table: pd.DataFrame, title: str, notes: Sequence[str] = (), description: str = "") -> str:
-    """A booktabs `table` environment; the title and description form the caption, notes become comments."""
-    shown = _as_display(table)
-    spec = "".join("l" if c in _TEXT_COLUMNS else "r" for c in shown.columns)
-    lines = [f"% {line}" for line in (f"{title}: {description}", *notes) if line.strip(": ")]
-    lines += [
-        r"\begin{table}[t]",
-        r"\centering",
-        rf"\caption{{{latex_escape(title)}. {latex_escape(description)}}}".replace(". }", "}"),
-        rf"\begin{{tabular}}{{{spec}}}",
-        r"\toprule",
-        " & ".join(latex_escape(c) for c in shown.columns) + r" \\",
-        r"\midrule",
-    ]
-    lines += [" & ".join(latex_escape(v) for v in row) + r" \\" for row in shown.values.tolist()]
-    lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
-    return "\n".join(lines) + "\n"
-
-
-def render_terminal(tables: Mapping[tuple[str, str], pd.DataFrame]) -> str:
-    """The text printed after a run: one titled table per (grid, suite), with its notes."""
-    blocks = []
-    for (grid, suite), table in sorted(tables.items()):
-        shown = _as_display(table)
-        body = _tabulate(shown, "github") if len(shown) else "(no completed cells)"
-        notes = "".join(f"\n  * {n}" for n in table.attrs.get("notes", ()))
-        blocks.append(f"== {suite} (grid {grid}) ==\n{table.attrs.get('description', '')}\n{body}{notes}")
-    return "\n\n".join(blocks) + ("\n" if blocks else "")
-
-
-def _file_stem(label: str) -> str:
-    return re.sub(r"[^A-Za-z0-9.=,+-]+", "_", label).strip("._")[:100] or "table"
-
-
-def check_formats(formats: Iterable[str] | str) -> tuple[str, ...]:
-    """The requested formats, validated; raise UsageError naming the valid ones."""
-    requested = (formats,) if isinstance(formats, str) else tuple(formats)
-    bad = [f for f in requested if f not in FORMATS]
-    if bad or not requested:
-        raise UsageError(
-            f"unknown leaderboard format(s) {', '.join(map(repr, bad)) or '(none given)'}; "
-            f"valid: {', '.join(FORMATS)}"
-        )
-    return tuple(dict.fromkeys(requested))
-
-
-def render(table: pd.DataFrame, fmt: str, title: str) -> str:
-    """One `build_tables` frame as the text of a file in format `fmt` (md, csv or latex)."""
-    notes, description = table.attrs.get("notes", ()), table.attrs.get("description", "")
-    if fmt == "csv":
-        return table.to_csv(index=False)
-    if fmt == "latex":
-        return render_latex(table, title, notes, description)
-    if fmt == "md":
-        return render_markdown(table, title, notes, description)
-    raise UsageError(f"unknown leaderboard format {fmt!r}; valid: {', '.join(FORMATS)}")
-
-
 def write_leaderboards(
     records: Iterable[Mapping[str, Any]],
     out_dir: Path | str,
     formats: Iterable[str] | str = ("md", "csv", "latex"),
     reported: Mapping[Any, Any] | None = None,
     pending: Iterable[Mapping[str, Any]] = (),
+    **options: Any,
 ) -> list[Path]:
-    """Write `out_dir/<grid>/<suite>.md|.csv|.tex` plus a `README.md` index per grid; return the paths."""
-    return write_tables(build_tables(records, reported, pending), out_dir, formats)
-
-
-def write_tables(tables: Mapping[tuple[str, str], pd.DataFrame], out_dir: Path | str,
-                 formats: Iterable[str] | str = ("md", "csv", "latex")) -> list[Path]:
-    """Write `build_tables` frames as `out_dir/<grid>/<suite>.md|.csv|.tex` and a `README.md` index per grid."""
-    formats = check_formats(formats)
-    out_dir = Path(out_dir)
-    by_grid: dict[str, list[tuple[str, pd.DataFrame]]] = defaultdict(list)
-    for (grid, suite), table in tables.items():
-        by_grid[grid].append((suite, table))
-    written: list[Path] = []
-    for grid, entries in sorted(by_grid.items()):
-        grid_dir = out_dir / _file_stem(grid)
-        stems = Counter(_file_stem(suite) for suite, _ in entries)
-        index = [
-            f"# Leaderboards: grid {grid}",
-            "Generated by `harness leaderboard` from result records; do not edit by hand.",
-            "| suite | metric | algorithms | best | files |",
-            "|---|---|---|---|---|",
-        ]
-        for suite, table in entries:
-            stem = _file_stem(suite)
-            if stems[stem] > 1:  # two labels sanitised to one name: keep both apart
-                stem = slugify(suite, 60)
-            links = []
-            for fmt in formats:
-                path = grid_dir / f"{stem}{FORMATS[fmt]}"
-                atomic_write_text(path, render(table, fmt, f"{suite} — grid {grid}"), point="leaderboard")
-                written.append(path)
-                links.append(f"[{fmt}]({path.name})")
-            best = table["algorithm"].iloc[0] if len(table) else "-"
-            metric = table.attrs.get("metric_label", table.attrs["metric"])
-            arrow = "↑" if table.attrs["higher_is_better"] else "↓"
-            index.append(f"| {suite} | {metric} {arrow} | {len(table)} | {best} | {' '.join(links)} |")
-        readme = grid_dir / "README.md"
-        atomic_write_text(readme, "\n\n".join(index[:2]) + "\n\n" + "\n".join(index[2:]) + "\n", point="leaderboard")
-        written.append(readme)
-    return written
+    """Write `out_dir/<grid>/<suite>.md|.csv|.tex` plus a `README.md` index per grid; return the paths.
+    `options` are `build_tables`'s keyword arguments (`neutral`, `alpha`, `test`)."""
+    return write_tables(build_tables(records, reported, pending, **options), out_dir, formats)

@@ -19,12 +19,13 @@ from typing import Any
 
 import pandas as pd
 
+from harness import stats
 from harness.cells import resolve_cell
-from harness.errors import HarnessError
+from harness.errors import HarnessError, UsageError
 from harness.grid import Grid, load_grid
 from harness.leaderboard import NO_GRID, build_tables
 from harness.results import ResultStore
-from harness.specs import Cell
+from harness.specs import Cell, result_neutral
 
 
 @dataclass
@@ -72,8 +73,8 @@ def grid_records(source: str, registry: Any, store: ResultStore,
         for cell_id, cell in _cells(added).items():
             cells.setdefault(cell_id, cell)
     if unknown:
-        out.warnings.append(f"records of grid {grid.name!r} name {', '.join(sorted(unknown))}, which no loaded "
-                            "plugin provides; load their plugins with -p to include them")
+        out.warnings.append(f"records of grid {grid.name!r} name {', '.join(sorted(unknown))}, which no "
+                            "loaded plugin provides; load their plugins with -p to include them")
     for cell_id, cell in cells.items():
         try:
             fingerprint = resolve_cell(cell, registry)["fingerprint"]
@@ -81,7 +82,8 @@ def grid_records(source: str, registry: Any, store: ResultStore,
             continue
         current = store.current(cell_id, fingerprint, by_cell.get(cell_id, []))
         if current is not None:
-            out.records.append({**current, "cell": cell.to_dict()})  # this grid's view: its name, reported value
+            # This grid's view of the cell: its name, its reported value.
+            out.records.append({**current, "cell": cell.to_dict()})
         elif cell_id in expansion:
             out.pending.append(cell)
     return out
@@ -106,15 +108,27 @@ def _kept_grids(store: ResultStore, registry: Any, warnings: list[str]) -> dict[
     return kept
 
 
-def grid_tables(sources: list[str], registry: Any, store: ResultStore) -> tuple[dict[tuple[str, str], pd.DataFrame],
-                                                                                list[str]]:
+def neutral_hparams(registry: Any) -> dict[str, frozenset[str]]:
+    """{algorithm: names of its result-neutral hyper-parameters} for the registered algorithms; leaderboards
+    leave those out of row labels (an algorithm that is not registered here has none)."""
+    return {name: result_neutral(reg.spec.hparams) for name, reg in registry.algorithms.items()}
+
+
+def grid_tables(sources: list[str], registry: Any, store: ResultStore, *, alpha: float = stats.ALPHA,
+                test: str = stats.PRIMARY_TEST) -> tuple[dict[tuple[str, str], pd.DataFrame], list[str]]:
     """The tables of each grid in `sources` (names or paths), and warnings to show.
 
     With no `sources`: every grid the store's records name, and every grid the store keeps a definition
     of (`ResultStore.save_grid`), each through its current expansion: a registered grid's from the
     registry, another's from the kept definition. A grid known neither way gets the records that name
-    it, with a warning.
+    it, with a warning. Ranks tie at `alpha` on `test` ("t" or "wilcoxon"; `harness.stats`); labels leave
+    out the registered algorithms' result-neutral hyper-parameters.
     """
+    try:  # a bad option is reported before any record is read
+        stats.check_test(test, alpha)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    options = {"neutral": neutral_hparams(registry), "alpha": alpha, "test": test}
     by_cell = records_by_cell(store)
     warnings: list[str] = []
     tables: dict[tuple[str, str], pd.DataFrame] = {}
@@ -129,10 +143,10 @@ def grid_tables(sources: list[str], registry: Any, store: ResultStore) -> tuple[
                    for name in sorted(named | set(kept)) if name in registry.grids or name in kept]
         loose = sorted(name for name in named if name not in registry.grids and name not in kept)
         if loose:
-            warnings.append(f"grid(s) {', '.join(loose)} have no definition here: their tables group the records "
-                            "that name them; give --grid PATH.toml for a grid's exact tables")
-            tables = build_tables(r for records in by_cell.values() for r in records
-                                  if (r["cell"].get("grid") or NO_GRID) in loose)
+            warnings.append(f"grid(s) {', '.join(loose)} have no definition here: their tables group the "
+                            "records that name them; give --grid PATH.toml for a grid's exact tables")
+            tables = build_tables((r for records in by_cell.values() for r in records
+                                   if (r["cell"].get("grid") or NO_GRID) in loose), **options)
     for source in sources:
         try:
             found = grid_records(source, registry, store, by_cell)
@@ -142,5 +156,6 @@ def grid_tables(sources: list[str], registry: Any, store: ResultStore) -> tuple[
             warnings.append(f"grid {source} cannot be expanded here ({exc}); its tables are not written")
             continue
         warnings.extend(found.warnings)
-        tables.update(build_tables(found.records, pending=[cell.to_dict() for cell in found.pending]))
+        pending = [cell.to_dict() for cell in found.pending]
+        tables.update(build_tables(found.records, pending=pending, **options))
     return tables, warnings

@@ -18,7 +18,7 @@ import pluggy
 
 from harness import hookspecs
 from harness.errors import PluginError, UsageError, unknown_name
-from harness.specs import AlgorithmSpec, BackendSpec, TaskSuiteSpec
+from harness.specs import AlgorithmSpec, BackendSpec, ExecutorSpec, MeasurementSpec, TaskSuiteSpec
 
 #: The core's own plugins (runner wrappers, bundled grids), loaded first.
 BUILTIN_PLUGINS: tuple[str, ...] = ("harness.runner", "harness.grids")
@@ -72,6 +72,8 @@ class HarnessPluginManager(pluggy.PluginManager):
         self.algorithms: dict[str, Registered] = {}
         self.suites: dict[str, Registered] = {}
         self.backends: dict[str, Registered] = {}
+        self.executors: dict[str, Registered] = {}
+        self.measurements: dict[str, Registered] = {}
         self.grids: dict[str, Registered] = {}
         self.load_args: dict[str, Any] = {}
 
@@ -212,6 +214,8 @@ class HarnessPluginManager(pluggy.PluginManager):
             ("harness_register_backends", self.backends, BackendSpec),
             ("harness_register_task_suites", self.suites, TaskSuiteSpec),
             ("harness_register_algorithms", self.algorithms, AlgorithmSpec),
+            ("harness_register_executors", self.executors, ExecutorSpec),
+            ("harness_register_measurements", self.measurements, MeasurementSpec),
             ("harness_register_grids", self.grids, None),
         ]
         for hook_name, table, spec_type in tables:
@@ -236,7 +240,8 @@ class HarnessPluginManager(pluggy.PluginManager):
                     info = self.infos.get(plugin)
                     if info is not None:
                         info.provides.append(name)
-        for reg in list(self.algorithms.values()) + list(self.suites.values()):
+        for reg in [*self.algorithms.values(), *self.suites.values(), *self.executors.values(),
+                    *self.measurements.values()]:
             missing = [m for m in reg.spec.requires if importlib.util.find_spec(m.split(".")[0]) is None]
             if missing:
                 reg.available = False
@@ -260,6 +265,12 @@ class HarnessPluginManager(pluggy.PluginManager):
 
     def suite(self, name: str) -> Registered:
         return _lookup(self.suites, "suite", name)
+
+    def executor(self, name: str) -> Registered:
+        return _lookup(self.executors, "executor", name)
+
+    def measurement(self, name: str) -> Registered:
+        return _lookup(self.measurements, "measurement", name)
 
     def backend(self, name: str) -> Registered:
         if name == "auto":

@@ -18,6 +18,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from harness import episode_values
 from harness.errors import HarnessError, UsageError
 from harness.files import atomic_write_text
 
@@ -244,6 +245,7 @@ _RECORD_FIELDS: dict[str, tuple[tuple[type, ...], bool]] = {
     "metric": ((dict, _NONE), False), "timings": ((dict, _NONE), False), "memory": ((dict, _NONE), False),
     "params": ((int, _NONE), False), "suite_info": ((dict, _NONE), False), "curve": ((list, _NONE), False),
     "best": ((dict, _NONE), False), "traceback": ((str,), False), "algorithm_info": ((dict, _NONE), False),
+    "per_episode": ((dict, _NONE), False), "measurements": ((dict, _NONE), False),
 }
 _CELL_FIELDS = {"algorithm": ((str,), True), "suite": ((str,), True), "backend": ((str,), True),
                 "seed": ((int,), True), "hparams": ((dict,), False), "suite_config": ((dict,), False),
@@ -254,6 +256,8 @@ _METRIC_FIELDS = {"name": ((str,), False), "label": ((str,), False), "higher_is_
                   "trajectory": ((dict,), False)}
 _TRAJECTORY_FIELDS = {"mean": ((*_NUM, _NONE), False), "ci95": ((*_NUM, _NONE), False), "n": ((int,), False),
                       "label": ((str,), False)}
+_MEASUREMENT_FIELDS = {"mean": ((*_NUM, _NONE), False), "ci95": ((*_NUM, _NONE), False), "n": ((int,), False),
+                       "label": ((str,), False), "higher_is_better": ((bool, _NONE), False)}
 _STEP_FIELDS = {"step": ((int,), True), "mean": ((*_NUM, _NONE), False), "ci95": ((*_NUM, _NONE), False)}
 _MEMORY_FIELDS = {"peak_bytes": ((*_NUM, _NONE), False), "kind": ((str,), False)}
 _EXECUTION_FIELDS = {"mode": ((str,), False), "exclusive": ((bool,), False), "shared_with": ((int,), False)}
@@ -316,10 +320,17 @@ def record_problem(record: Any) -> str:
     trajectory = metric.get("trajectory") if isinstance(metric, dict) else None
     nested += [(entry, _TRAJECTORY_FIELDS, f"metric.trajectory.{name}") for name, entry in
                (trajectory.items() if isinstance(trajectory, dict) else ())]
+    measurements = record.get("measurements") or {}
+    nested += [(entry, _MEASUREMENT_FIELDS, f"measurements.{name}") for name, entry in
+               (measurements.items() if isinstance(measurements, dict) else ())]
     for table, fields, where in nested:
         if not isinstance(table, dict):
             return f"{where} is a {type(table).__name__}, expected an object"
         problem = _check_fields(table, fields, where)
+        if problem:
+            return problem
+    if record.get("per_episode"):
+        problem = episode_values.entry_problem(record["per_episode"])
         if problem:
             return problem
     for key, value in (record.get("timings") or {}).items():

@@ -19,9 +19,11 @@ from typing import TYPE_CHECKING, Any
 
 import pluggy
 
+from harness import episode_values
 from harness.base import Predictor
 from harness.cells import resolve_cell
 from harness.measure import Stopwatch, mean_ci95
+from harness.measuring import Measuring
 from harness.results import capture_environment
 from harness.specs import Cell, TaskBatch
 from harness.storage import CACHE_ENV, DATA_ENV
@@ -58,6 +60,8 @@ class CellContext:
     backend: Any = None
     backend_settings: dict[str, Any] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
+    #: The enabled measurements, from `resolve_cell`: (spec, options, steps measured besides the final one).
+    measurements: list[tuple[Any, Any, list[int] | None]] = field(default_factory=list)
 
 
 def make_context(cell: Cell, registry: Any, resolved: dict[str, Any]) -> CellContext:
@@ -70,6 +74,8 @@ def make_context(cell: Cell, registry: Any, resolved: dict[str, Any]) -> CellCon
         hparams=resolved["hparams"],
         suite_config=resolved["suite_config"],
         seeds=resolved["seeds"],
+        measurements=[(registry.measurement(name).spec, options, steps)
+                      for name, options, steps in resolved.get("measurements", ())],
     )
     ctx.backend = ctx.backend_spec.factory()
     ok, reason = ctx.backend.availability()
@@ -132,6 +138,8 @@ def harness_run_cell(cell: Cell, context: CellContext) -> dict[str, Any]:
     val_batch = Episodes(suite, "val", budget.val_episodes, context.seeds["val"], device)
     test_batch = Episodes(suite, "test", budget.test_episodes, context.seeds["test"], device)
     better = (lambda a, b: a > b) if suite.higher_is_better else (lambda a, b: a < b)
+    # Built, and their steps checked, before meta-training: a bad step costs nothing.
+    measuring = Measuring(context, algo, eval_steps(algo, "test")) if context.measurements else None
 
     warmup_n = min(MAX_WARMUP_ITERATIONS, budget.iterations // 10)
     warmup, steps = Stopwatch(backend.synchronize), Stopwatch(backend.synchronize)
@@ -175,8 +183,8 @@ def harness_run_cell(cell: Cell, context: CellContext) -> dict[str, Any]:
     per_iteration = (steps.median if steps.samples else warmup.median) if iteration else None
     latency = Stopwatch(backend.synchronize)
     t0 = time.perf_counter()
-    per_step = evaluate(algo, test_batch, eval_steps(algo, "test"), latency)
-    test_s = time.perf_counter() - t0
+    per_step = evaluate(algo, test_batch, eval_steps(algo, "test"), latency, measuring)
+    test_s = time.perf_counter() - t0 - (measuring.seconds if measuring else 0.0)
     summary = []
     for step, values in enumerate(per_step):
         mean, ci, _ = mean_ci95(values)
@@ -186,6 +194,8 @@ def harness_run_cell(cell: Cell, context: CellContext) -> dict[str, Any]:
             entry["nonfinite_episodes"] = nonfinite
         summary.append(entry)
     mean, ci, std = mean_ci95(per_step[-1])
+    per_episode = episode_values.encode(per_step, seed=context.seeds["test"],
+                                        source="fixed" if test_batch.fixed else "sampled")
     result = {
         "metric": {"name": suite.metric_name, "label": suite.metric_label or suite.metric_name,
                    "higher_is_better": suite.higher_is_better, "mean": mean,
@@ -202,7 +212,11 @@ def harness_run_cell(cell: Cell, context: CellContext) -> dict[str, Any]:
         "suite_info": portable_paths(suite.describe()),
         "curve": curve,
         "best": best,
+        "per_episode": per_episode,
     }
+    if measuring is not None:
+        result["measurements"] = measuring.summary()
+        result["timings"]["measurement_s"] = measuring.seconds
     if not math.isfinite(mean):
         bad = sum(not math.isfinite(v) for v in per_step[-1])
         raise Diverged(f"test {suite.metric_name} is {mean}: {bad} of {len(per_step[-1])} test episodes "
@@ -276,10 +290,12 @@ class Episodes:
             yield self.suite.sample(min(self.chunk, self.n - start), generator, self.split).to(self.device)
 
 
-def evaluate(algo: Any, batches: TaskBatch | Episodes, steps: int, latency: Stopwatch | None = None
-             ) -> list[list[float]]:
-    """Metric per test-time step (0..steps) per episode; `latency` times each episode's adaptation."""
+def evaluate(algo: Any, batches: TaskBatch | Episodes, steps: int, latency: Stopwatch | None = None,
+             measuring: Measuring | None = None) -> list[list[float]]:
+    """Metric per test-time step (0..steps) per episode; `latency` times each episode's adaptation;
+    `measuring` is given every episode's adapted states."""
     per_step: list[list[float]] = [[] for _ in range(steps + 1)]
+    episode = 0
     for batch in [batches] if isinstance(batches, TaskBatch) else batches:
         for i in range(batch.num_tasks):
             sx, sy, qx, qy = batch.support_x[i], batch.support_y[i], batch.query_x[i], batch.query_y[i]
@@ -294,6 +310,9 @@ def evaluate(algo: Any, batches: TaskBatch | Episodes, steps: int, latency: Stop
             # Not under no_grad: a suite may differentiate the adapted learner (TaskSuite.score).
             for step, state in enumerate(states):
                 per_step[step].append(float(algo.suite.score(Predictor(algo, state), qx, qy)))
+            if measuring is not None:
+                measuring(episode, states, qx, qy)
+            episode += 1
     return per_step
 
 

@@ -8,6 +8,7 @@ written before the next cell starts, so an interrupted run keeps everything it f
 
 from __future__ import annotations
 
+import concurrent.futures
 import secrets
 import sys
 import threading
@@ -17,15 +18,23 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from harness import interrupts
-from harness.cellprocess import join_supervisors, start_fork_server
-from harness.cells import FAILED_STATUSES, resolve_cell, run_one, skipped_record
+from harness.cellprocess import STOP_GRACE_S, join_supervisors, lazy_imports, start_fork_server
+from harness.cells import (
+    FAILED_STATUSES,
+    absolute_load_args,
+    build_record,
+    now_iso,
+    resolve_cell,
+    skipped_record,
+)
 from harness.claims import Claim, ClaimBook
 from harness.errors import HarnessError
+from harness.executors import Cancelled, CellJob, Executor, ExecutorOptions, SerialExecutor
 from harness.files import remove_stale_temp_files
 from harness.grid import Grid
 from harness.machine import MachineRuns
 from harness.results import ResultStore
-from harness.specs import Cell, LazyFactory
+from harness.specs import Cell
 
 #: How often a run looks at the machine's other runs (seconds), and how often it waits for others' cells.
 WATCH_INTERVAL_S = 0.5
@@ -69,12 +78,13 @@ def plan(grid: Grid, registry: Any, store: ResultStore, *, force: bool = False) 
 
 
 class _Watch:
-    """A background thread that renews this run's claims and counts the machine's other harness runs."""
+    """A background thread that renews this run's claims and counts the machine's other harness runs
+    (for each running cell, the most seen since it started)."""
 
     def __init__(self, claims: ClaimBook, machine: MachineRuns, stream: TextIO) -> None:
         self.claims, self.machine, self.stream = claims, machine, stream
         self.lock = threading.Lock()
-        self.peak = 0
+        self.peaks: dict[str, int] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="harness-watch", daemon=True)
 
@@ -86,23 +96,24 @@ class _Watch:
         self._stop.set()
         self._thread.join()
 
-    def begin_cell(self) -> None:
-        with self.lock:
-            self.peak = self.machine.others()
-
-    def shared_with(self) -> int:
-        """The most other runs seen on the machine since `begin_cell` (looking once more now)."""
+    def begin_cell(self, cell_id: str) -> None:
         others = self.machine.others()
         with self.lock:
-            self.peak = max(self.peak, others)
-            return self.peak
+            self.peaks[cell_id] = others
+
+    def shared_with(self, cell_id: str) -> int:
+        """The most other runs seen on the machine since `begin_cell(cell_id)` (looking once more now)."""
+        others = self.machine.others()
+        with self.lock:
+            return max(self.peaks.pop(cell_id, 0), others)
 
     def _loop(self) -> None:
         last_refresh = time.monotonic()
         while not self._stop.wait(WATCH_INTERVAL_S):
             others = self.machine.others()
             with self.lock:
-                self.peak = max(self.peak, others)
+                for cell_id, peak in self.peaks.items():
+                    self.peaks[cell_id] = max(peak, others)
             if time.monotonic() - last_refresh < self.claims.lease_s / 4:
                 continue
             last_refresh = time.monotonic()
@@ -121,18 +132,28 @@ def run_grid(
     stream: TextIO | None = None,
     progress: bool | None = None,
     exclusive: bool = True,
+    executor: Executor | None = None,
+    keep_grid: tuple[str, str] | None = None,
 ) -> GridRun:
     """Run every cell of `grid` that lacks a completed record (all of them with `force`).
 
     Cells are claimed before they run and records written as each finishes; cells other runs hold
-    are waited for. `exclusive` False (other work shares the machine) marks every record not
-    exclusive; so does any other harness run seen on this machine while a cell ran.
+    are waited for. `executor` decides where cells run (default: serial, one at a time here);
+    `keep_grid` (name, TOML text) is saved in the store once the executor has started.
+    `exclusive` False (other work shares the machine) marks every record not exclusive; so does any
+    other harness run seen on this machine while a cell ran, and any other cell of this run.
     """
     stream = stream if stream is not None else sys.stderr
-    if not in_process and grid.cells:
-        start_fork_server(_lazy_imports(grid, registry))  # it imports torch while the cells are planned
-    remove_stale_temp_files([store.root])
+    executor = executor or SerialExecutor(ExecutorOptions(in_process=in_process), registry)
+    if executor.runs_cells_here and not executor.options.in_process and grid.cells:
+        start_fork_server(lazy_imports(grid.cells, registry))  # it imports torch while the cells are planned
     planned = plan(grid, registry, store, force=force)
+    load_args = absolute_load_args(registry.load_args)
+    # Connect to a cluster, check options: a refusal comes before anything is written.
+    executor.start([CellJob(p.cell, p.resolved, load_args) for p in planned if p.completed is None])
+    if keep_grid is not None:
+        store.save_grid(*keep_grid)
+    remove_stale_temp_files([store.root])
     outcome = GridRun()
     _record_skipped(grid, registry, store, outcome)
     todo = [p for p in planned if p.completed is None]
@@ -146,64 +167,122 @@ def run_grid(
     claims.sweep([cell.id for cell in grid.cells])
     show = _Progress(len(todo), stream, progress)
     machine = MachineRuns({"results": str(store.root), "grid": grid.name})
+    run = _Dispatch(executor, registry, store, claims, show, outcome, exclusive, load_args)
     try:
         with machine, _Watch(claims, machine, stream) as watch:
-            waiting = _run_claimable(todo, registry, store, claims, watch, show, outcome, in_process, exclusive)
+            run.watch = watch
+            waiting = run.run(todo)
             if waiting:
                 holders = sorted({h.describe() for h in map(claims.holder, (w.cell.id for w in waiting)) if h})
                 _say(stream, f"harness: waiting for {len(waiting)} cell(s) that other runs on this results folder "
                      f"are running ({', '.join(holders) or 'finishing'})")
             while waiting:
                 time.sleep(WATCH_INTERVAL_S)
-                waiting = _run_claimable(waiting, registry, store, claims, watch, show, outcome, in_process,
-                                         exclusive)
+                waiting = run.run(waiting)
+    except BaseException:
+        executor.cancel_all()
+        raise
     finally:
+        run.drain()
         claims.release_all()
+        executor.close()
         join_supervisors()
         show.close()
     registry.hook.harness_grid_finished(records=outcome.records)
     return outcome
 
 
-def _lazy_imports(grid: Grid, registry: Any) -> list[str]:
-    """What the grid's algorithms and suites import lazily: the optional modules they require and the
-    modules their string factories name, for the fork server to import once rather than every cell."""
-    names = set()
-    for cell in grid.cells:
-        for reg in (registry.algorithm(cell.algorithm), registry.suite(cell.suite), registry.backend(cell.backend)):
-            names.update(getattr(reg.spec, "requires", ()))
-            if isinstance(reg.spec.factory, LazyFactory):
-                names.add(reg.spec.factory.target.partition(":")[0])
-    return sorted(names)
+class _Dispatch:
+    """Keeps the executor's slots full: claims a cell, submits it, writes its record when it is back."""
 
+    def __init__(self, executor: Executor, registry: Any, store: ResultStore, claims: ClaimBook, show: _Progress,
+                 outcome: GridRun, exclusive: bool, load_args: dict[str, Any]) -> None:
+        self.executor, self.registry, self.store, self.claims = executor, registry, store, claims
+        self.show, self.outcome, self.exclusive, self.load_args = show, outcome, exclusive, load_args
+        self.watch: _Watch | None = None
+        self.running: dict[concurrent.futures.Future, PlannedCell] = {}
 
-def _run_claimable(items: list[PlannedCell], registry: Any, store: ResultStore, claims: ClaimBook, watch: _Watch,
-                   show: _Progress, outcome: GridRun, in_process: bool, exclusive: bool) -> list[PlannedCell]:
-    """Run each of `items` this run can claim, take the records other runs wrote; return those still busy."""
-    busy = []
-    for item in items:
-        interrupts.checkpoint()
-        if _adopt(item, store, show, outcome):
-            continue
-        claim = claims.try_claim(item.cell.id)
+    def run(self, items: list[PlannedCell]) -> list[PlannedCell]:
+        """Run each of `items` this run can claim, take the records other runs wrote; return those still busy."""
+        busy = []
+        queue = list(items)
+        while queue or self.running:
+            interrupts.checkpoint()
+            while queue and len(self.running) < max(1, self.executor.slots):
+                item = queue.pop(0)
+                if not self._submit(item):
+                    busy.append(item)
+            if self.running:
+                self._collect(timeout=WATCH_INTERVAL_S)
+        return busy
+
+    def _submit(self, item: PlannedCell) -> bool:
+        """Claim and submit `item` (True), or take another run's record of it (True), or leave it (False)."""
+        if _adopt(item, self.store, self.show, self.outcome):
+            return True
+        claim = self.claims.try_claim(item.cell.id)
         if not isinstance(claim, Claim):
-            busy.append(item)
-            continue
+            return False
+        if _adopt(item, self.store, self.show, self.outcome):  # finished by another run between look and claim
+            self.claims.release(item.cell.id)
+            return True
+        self.show.start(item.cell)
+        assert self.watch is not None
+        self.watch.begin_cell(item.cell.id)
         try:
-            if _adopt(item, store, show, outcome):  # finished by another run between our look and our claim
+            future = self.executor.submit(CellJob(item.cell, item.resolved, self.load_args))
+        except BaseException:
+            self.claims.release(item.cell.id)
+            raise
+        self.running[future] = item
+        return True
+
+    def _collect(self, timeout: float) -> None:
+        done, _ = concurrent.futures.wait(list(self.running), timeout=timeout,
+                                          return_when=concurrent.futures.FIRST_COMPLETED)
+        for future in done:
+            item = self.running.pop(future)
+            try:
+                record = future.result()
+            except Cancelled:
+                self.claims.release(item.cell.id)
                 continue
-            show.start(item.cell)
-            watch.begin_cell()
-            record = run_one(item.cell, registry, in_process=in_process, resolved=item.resolved,
-                             exclusive=lambda: _exclusive(exclusive, watch))
-            _write(store, record)
-        finally:
-            claims.release(item.cell.id)
-        registry.hook.harness_cell_finished(record=record)
-        outcome.records.append(record)
-        outcome.ran += 1
-        show.done(item.cell, record)
-    return busy
+            except Exception as exc:  # the executor itself failed (not the cell): still a record with a status
+                record = _executor_failure(item, self.executor, exc)
+            assert self.watch is not None
+            others = self.watch.shared_with(item.cell.id)
+            execution = record.setdefault("execution", {})
+            # Exclusive only when nothing else ran: no other harness run on the machine, no other cell of this
+            # run beside it (the executor counts those: `concurrent_cells`), and an executor that can tell.
+            alone = (self.exclusive and self.executor.exclusive and others == 0
+                     and not execution.get("concurrent_cells") and execution.get("exclusive", True))
+            execution.update(exclusive=alone, shared_with=others)
+            try:
+                _write(self.store, record)
+            finally:
+                self.claims.release(item.cell.id)
+            self.registry.hook.harness_cell_finished(record=record)
+            self.outcome.records.append(record)
+            self.outcome.ran += 1
+            self.show.done(item.cell, record)
+
+    def drain(self) -> None:
+        """After an interrupt: wait for the cancelled cells to stop (they write no record)."""
+        if self.running:
+            concurrent.futures.wait(list(self.running), timeout=STOP_GRACE_S * 2)
+        for item in self.running.values():
+            self.claims.release(item.cell.id)
+        self.running.clear()
+
+
+def _executor_failure(item: PlannedCell, executor: Executor, exc: BaseException) -> dict[str, Any]:
+    """The record of a cell whose executor failed to run it (a lost worker, a cluster error)."""
+    now = now_iso()
+    outcome = {"status": "failed", "reason": f"executor {executor.name!r} failed to run the cell: "
+               f"{type(exc).__name__}: {exc}", "environment": {}}
+    record = build_record(item.cell, item.resolved, outcome, mode="none", started_at=now, finished_at=now)
+    record["execution"]["executor"] = executor.name
+    return record
 
 
 def _write(store: ResultStore, record: dict[str, Any]) -> None:
@@ -212,11 +291,6 @@ def _write(store: ResultStore, record: dict[str, Any]) -> None:
     except OSError as exc:  # a full disk, a folder made read-only meanwhile: stop, keeping what is written
         raise HarnessError(f"cannot write the record of {record['cell_id']} under {store.root}: "
                            f"{exc.strerror or exc}; the records written before it are kept") from None
-
-
-def _exclusive(alone: bool, watch: _Watch) -> tuple[bool, int]:
-    others = watch.shared_with()
-    return alone and others == 0, others
 
 
 def _adopt(item: PlannedCell, store: ResultStore, show: _Progress, outcome: GridRun) -> bool:
@@ -257,6 +331,7 @@ class _Progress:
     def __init__(self, total: int, stream: TextIO, enabled: bool | None) -> None:
         self.total, self.stream, self.started = total, stream, time.perf_counter()
         self.index = 0
+        self.begun = 0  # cells started (several run at once under a concurrent executor)
         interactive = stream.isatty() if enabled is None else enabled
         self.bar: Any = None
         if interactive and total:
@@ -266,11 +341,12 @@ class _Progress:
                             bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} cells [{elapsed}<{remaining}]{postfix}")
 
     def start(self, cell: Cell) -> None:
+        self.begun += 1
         if self.bar is not None:
-            self.bar.set_description_str(f"cell {self.index + 1}/{self.total}")
+            self.bar.set_description_str(f"cell {self.begun}/{self.total}")
             self.bar.set_postfix_str(cell.id)
         else:
-            _say(self.stream, f"[{self.index + 1}/{self.total}] {cell.id} ...")
+            _say(self.stream, f"[{self.begun}/{self.total}] {cell.id} ...")
 
     def done(self, cell: Cell, record: dict[str, Any], by_other: bool = False) -> None:
         self.index += 1

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -43,20 +43,21 @@ def _thin(rows: list[Any], limit: int = 20) -> list[Any]:
     return [rows[i] for i in idx]
 
 
-def _config_pairs(record: Mapping[str, Any]) -> list[tuple[str, Any]]:
-    """Resolved hyper-parameters and suite config (values the grid set are marked), backend, budget."""
+def config_pairs(record: Mapping[str, Any], *, mark: str = "  (grid)",
+                 show: Callable[[Any], Any] = lambda value: value) -> list[tuple[str, Any]]:
+    """Resolved hyper-parameters and suite config (values the grid set followed by `mark`), backend,
+    budget, as (key, `show(value)`) pairs: for `harness show` and the report's cell pages."""
     cell, config = record.get("cell") or {}, record.get("config") or {}
     pairs: list[tuple[str, Any]] = []
     for kind, grid_key, key in (("algorithm", "hparams", "hparams"), ("suite", "suite_config", "config")):
         spec = config.get(kind) or {}
         name, chosen = spec.get("name", cell.get(kind, "?")), set(cell.get(grid_key) or {})
         pairs.append((kind, name))
-        pairs += [
-            (f"{name}.{k}", f"{v}  (grid)" if k in chosen else v) for k, v in (spec.get(key) or {}).items()
-        ]
+        pairs += [(f"{name}.{k}", f"{show(v)}{mark}" if k in chosen else show(v))
+                  for k, v in (spec.get(key) or {}).items()]
     pairs.append(("backend", config.get("backend", cell.get("backend"))))
     budget = config.get("budget") or cell.get("budget") or {}
-    return pairs + [(f"budget.{k}", v) for k, v in budget.items()]
+    return pairs + [(f"budget.{k}", show(v)) for k, v in budget.items()]
 
 
 def _environment_pairs(env: Mapping[str, Any]) -> list[tuple[str, Any]]:
@@ -94,7 +95,7 @@ def format_record(record: Mapping[str, Any], path: Path | None = None) -> str:
     def section(title: str, body: str) -> None:
         out.append(f"\n{title}\n{'-' * len(title)}\n{body}")
 
-    section("Configuration", _kv(_config_pairs(record)))
+    section("Configuration", _kv(config_pairs(record)))
     section("Seeds", _kv(list((record.get("seeds") or {}).items())))
     code = dict(record.get("code_version") or {})
     plugins = [(f"plugin {k}", v) for k, v in (code.pop("plugins", None) or {}).items()]
@@ -116,7 +117,21 @@ def format_record(record: Mapping[str, Any], path: Path | None = None) -> str:
         if len(steps) > 1:
             rows = [(s.get("step"), _num(s.get("mean")), _num(s.get("ci95"))) for s in steps]
             body += "\n\n" + _table(rows, ["step", "mean", "ci95"])
+        trajectory = metric.get("trajectory") or {}
+        if trajectory:
+            rows = [(e.get("label", name), _num(e.get("mean")), _num(e.get("ci95")))
+                    for name, e in trajectory.items()]
+            body += "\n\n" + _table(rows, ["per-episode trajectory metric", "mean", "ci95"])
+        episodes = record.get("per_episode")
+        if episodes:
+            body += (f"\n\nper-episode values kept: {episodes.get('steps')} steps x {episodes.get('count')} "
+                     f"{episodes.get('split')} episodes ({episodes.get('source')}, "
+                     f"seed {episodes.get('seed')})")
         section("Metric", body)
+    if record.get("measurements"):
+        rows = [(e.get("label", name), _num(e.get("mean")), _num(e.get("ci95")), e.get("n"))
+                for name, e in record["measurements"].items()]
+        section("Measurements", _table(rows, ["measurement", "mean", "ci95", "episodes"]))
     if record.get("timings"):
         section(
             "Timings",

@@ -164,6 +164,91 @@ class BackendSpec:
         _lazy_factory(self)
 
 
+@dataclass(frozen=True)
+class ExecutorSpec:
+    """An executor: how the cells of a run reach processes, GPUs and machines (`harness.executors`).
+
+    `factory(options)` builds a `harness.executors.Executor` from the run's `ExecutorOptions`;
+    `requires` are modules it imports lazily (Ray): where one is missing it is unavailable, with
+    `install_hint` saying how to get it.
+    """
+
+    name: str
+    factory: Callable[..., Any] | str
+    description: str
+    version: str = "1"
+    requires: tuple[str, ...] = ()
+    install_hint: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.name or not isinstance(self.name, str):
+            raise ValueError(f"an executor spec needs a non-empty string name, got {self.name!r}")
+        _lazy_factory(self)
+
+
+#: The option every measurement takes from the grid besides its own: adaptation steps to measure at besides
+#: the final one (`steps = [0]`: the learner before adapting too; its columns end in `@0`).
+MEASUREMENT_STEPS_KEY = "steps"
+
+
+#: The most adaptation steps a measurement may name (a slip of the keyboard, not a study).
+MAX_MEASURED_STEP = 10**6
+
+
+def check_steps(steps: Any, name: str) -> list[int]:
+    """A measurement's `steps`: one adaptation step or a non-empty list of distinct ones (0 is the state
+    before adapting), sorted; a ParamError (key `steps`) otherwise."""
+    if isinstance(steps, int) and not isinstance(steps, bool):
+        steps = [steps]
+    if (not isinstance(steps, (list, tuple)) or not steps or len(set(steps)) != len(steps)
+            or not all(isinstance(s, int) and not isinstance(s, bool) and 0 <= s <= MAX_MEASURED_STEP
+                       for s in steps)):
+        raise ParamError(f"measurement {name!r}: {MEASUREMENT_STEPS_KEY} must be an adaptation step or a "
+                         f"non-empty list of distinct ones (integers from 0, the state before adapting, to "
+                         f"{MAX_MEASURED_STEP:,}), got {steps!r}", MEASUREMENT_STEPS_KEY)
+    return sorted(steps)
+
+
+@dataclass(frozen=True)
+class MeasurementSpec:
+    """An extra measurement of the adapted learners at meta-test (a grid enables it per cell).
+
+    `factory(options=..., suite=...)` builds a `Measurement` in the cell's process (a "package.module:Class"
+    string names one imported when first built: `LazyFactory`); `options` is a frozen dataclass type of
+    the settings the grid may give (`{ name = "noise-robustness", sigmas = [0.01, 0.1] }`), whose
+    `__post_init__` rejects impossible values. It may not have a field `steps`: the harness reads that key
+    itself (adaptation steps measured besides the final one). `task_kinds` are the suites it applies to;
+    on a cell of another kind it is left out. `requires` / `install_hint` as for algorithms; `version`
+    enters the fingerprint of every cell that enables it.
+    """
+
+    name: str
+    factory: Callable[..., Any] | str
+    options: type
+    description: str
+    task_kinds: frozenset[str] = frozenset(TASK_KINDS)
+    version: str = "1"
+    requires: tuple[str, ...] = ()
+    install_hint: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.name or not isinstance(self.name, str):
+            raise ValueError(f"a measurement spec needs a non-empty string name, got {self.name!r}")
+        if not dataclasses.is_dataclass(self.options):
+            raise ValueError(f"measurement {self.name!r}: its options must be a dataclass type, "
+                             f"got {self.options!r}")
+        if MEASUREMENT_STEPS_KEY in {f.name for f in dataclasses.fields(self.options)}:
+            raise ValueError(f"measurement {self.name!r}: its options may not have a field "
+                             f"{MEASUREMENT_STEPS_KEY!r}; the harness reads that key itself (the steps to "
+                             "measure at)")
+        _lazy_factory(self)
+        object.__setattr__(self, "task_kinds", frozenset(self.task_kinds))
+        bad = self.task_kinds - set(TASK_KINDS)
+        if bad or not self.task_kinds:
+            raise ValueError(f"measurement {self.name!r}: task kinds must be a non-empty subset of "
+                             f"{TASK_KINDS}, got {sorted(self.task_kinds)}")
+
+
 def _check_spec(spec: Any, kind: str) -> None:
     if not spec.name or not isinstance(spec.name, str):
         raise ValueError(f"a {kind} spec needs a non-empty string name, got {spec.name!r}")
@@ -267,7 +352,9 @@ class Cell:
     """One grid cell: an algorithm configuration on a suite configuration, a backend and a seed.
 
     `hparams` and `suite_config` hold only the values the grid set; the runner resolves them
-    against the specs' defaults. The id is a pure function of these fields.
+    against the specs' defaults. `measurements` are the extra measurements the grid enables, as
+    (name, options as the grid gave them), sorted by name. The id is a pure function of the first six
+    fields: budget, measurements and the rest say how the cell is run and measured, not which cell it is.
     """
 
     algorithm: str
@@ -279,6 +366,7 @@ class Cell:
     budget: Budget = field(default_factory=Budget)
     grid: str = ""
     reported: str = ""  # the published number for this algorithm on this suite, from the grid
+    measurements: tuple[tuple[str, tuple[tuple[str, Any], ...]], ...] = ()
 
     @property
     def algorithm_label(self) -> str:
@@ -293,7 +381,9 @@ class Cell:
         return f"{self.algorithm_label}/{self.suite_label}/{self.backend}/seed={self.seed}"
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        """The cell as JSON (records hold it); "measurements" only when some are enabled, so cells without
+        read exactly as before measurements existed."""
+        out = {
             "id": self.id,
             "algorithm": self.algorithm,
             "hparams": dict(self.hparams),
@@ -305,6 +395,10 @@ class Cell:
             "grid": self.grid,
             "reported": self.reported,
         }
+        if self.measurements:
+            out["measurements"] = [{"name": name, "options": _plain(dict(options))}
+                                   for name, options in self.measurements]
+        return out
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Cell:
@@ -318,7 +412,27 @@ class Cell:
             budget=Budget(**data["budget"]),
             grid=data.get("grid", ""),
             reported=data.get("reported", ""),
+            measurements=measurement_requests(
+                (entry["name"], entry.get("options", {})) for entry in data.get("measurements", ())),
         )
+
+
+def _frozen(value: Any) -> Any:
+    """Lists (from TOML or JSON) as tuples, recursively, so a cell stays hashable and compares equal."""
+    return tuple(_frozen(v) for v in value) if isinstance(value, (list, tuple)) else value
+
+
+def _plain(value: Any) -> Any:
+    """Tuples as lists, recursively (JSON's form)."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return [_plain(v) for v in value] if isinstance(value, (list, tuple)) else value
+
+
+def measurement_requests(entries: Any) -> tuple[tuple[str, tuple[tuple[str, Any], ...]], ...]:
+    """(name, options mapping) pairs as `Cell.measurements` holds them: options sorted and frozen, by name."""
+    return tuple(sorted((str(name), tuple(sorted((k, _frozen(v)) for k, v in dict(options).items())))
+                        for name, options in entries))
 
 
 @dataclass(frozen=True)
@@ -422,6 +536,21 @@ def _non_finite(value: Any) -> bool:
 
 def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+#: Field metadata of a hyper-parameter that changes how a result is computed, not what is computed
+#: (`vmap_tasks`: the same meta-gradient, vectorised or looped): `field(default=True, metadata=RESULT_NEUTRAL)`.
+#: Float rounding may differ between the two ways, so long trainings drift apart as two seeds would; the
+#: method is the same. Leaderboards leave such settings out of row labels unless only they tell two rows
+#: apart (the full configuration stays in the CSV and the footnotes).
+RESULT_NEUTRAL = {"result_neutral": True}
+
+
+def result_neutral(params_type: Any) -> frozenset[str]:
+    """The names of a hyper-parameter dataclass's fields marked `RESULT_NEUTRAL`."""
+    if not dataclasses.is_dataclass(params_type):
+        return frozenset()
+    return frozenset(f.name for f in dataclasses.fields(params_type) if f.metadata.get("result_neutral"))
 
 
 def params_dict(params: Any) -> dict[str, Any]:

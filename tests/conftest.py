@@ -64,6 +64,20 @@ def write_grid(tmp_path):
     return write
 
 
+def run_main(cwd: Path, capsys, *args: str) -> tuple[int, str, str]:
+    """`harness ARGS` in this process, in folder `cwd`: (exit code, stdout, stderr)."""
+    from harness import cli
+
+    before = os.getcwd()
+    os.chdir(cwd)
+    try:
+        code = cli.main(list(args))
+    finally:
+        os.chdir(before)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
 def run_cli(*args: str, cwd: Path, env: dict | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
     """Run `harness ...` as a user would, in a fresh interpreter."""
     full_env = {**os.environ, "HARNESS_DISABLE_PLUGIN_AUTOLOAD": "1", **(env or {})}

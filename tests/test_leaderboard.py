@@ -10,15 +10,8 @@ import pandas as pd
 import pytest
 
 from harness.errors import UsageError
-from harness.leaderboard import (
-    build_tables,
-    display_table,
-    latex_escape,
-    render_latex,
-    render_markdown,
-    render_terminal,
-    write_leaderboards,
-)
+from harness.leaderboard import build_tables, write_leaderboards
+from harness.render import display_table, latex_escape, render_latex, render_markdown, render_terminal
 
 try:  # tests/ is not a package: pytest puts it on sys.path (rootdir-relative import if it becomes one)
     from test_results import make_record
@@ -36,8 +29,10 @@ def test_rank_lower_is_better_for_mse() -> None:
         make_record("fomaml", {}, mean=0.40, label="MSE"),
     ]
     table = build_tables(records)[SINE]
-    assert list(table["algorithm"]) == ["anil", "maml[inner_lr=0.01]", "fomaml", "reptile"]
-    assert list(table["rank"]) == [1, 1, 3, 4]  # ties share a rank
+    assert list(table["algorithm"]) == ["anil", "maml", "fomaml", "reptile"]  # one row each: bare names
+    assert list(table["rank"]) == [1, 1, 2, 3]  # equal means share a rank; the next starts the next rank
+    assert list(table["rank_label"]) == ["1", "1", "2", "3"]  # no marker: not tested (no per-episode values)
+    assert any("no paired tests" in n for n in table.attrs["notes"])
     assert table.attrs["metric"] == "mse" and not table.attrs["higher_is_better"]
     assert "MSE ↓" in display_table(table).columns
 
@@ -47,7 +42,8 @@ def test_the_metric_is_printed_as_the_suite_labels_it_else_by_its_name() -> None
     records written before suites declared labels print the metric's name."""
     kw = dict(suite="omniglot-runs", suite_config={}, metric="error_rate", higher=False, steps=0)
     labelled = build_tables([make_record("maml", label="error rate (%)", **kw)])[("smoke", "omniglot-runs")]
-    assert labelled.attrs["metric_label"] == "error rate (%)" and "error rate (%) ↓" in display_table(labelled).columns
+    assert labelled.attrs["metric_label"] == "error rate (%)"
+    assert "error rate (%) ↓" in display_table(labelled).columns
     assert labelled.attrs["description"].startswith("error rate (%) (lower is better)")
     old = build_tables([make_record("maml", label=None, **kw)])[("smoke", "omniglot-runs")]
     assert "error rate ↓" in display_table(old).columns
@@ -58,7 +54,7 @@ def test_rank_higher_is_better_for_accuracy() -> None:
     kw = dict(suite="omniglot", suite_config={"ways": 5, "shots": 1}, metric="accuracy", higher=True, steps=0)
     records = [make_record("maml", mean=0.95, **kw), make_record("protonet", {}, mean=0.98, **kw)]
     table = build_tables(records)[("smoke", "omniglot[shots=1,ways=5]")]
-    assert list(table["algorithm"]) == ["protonet", "maml[inner_lr=0.01]"]
+    assert list(table["algorithm"]) == ["protonet", "maml"]
     assert list(table["rank"]) == [1, 2]
     shown = display_table(table)
     assert "accuracy ↑" in shown.columns
@@ -109,7 +105,7 @@ def test_failed_cells_are_notes_not_rows() -> None:
         make_record("metasgd", {}, status="skipped", reason="needs a GPU"),
     ]
     table = build_tables(records)[SINE]
-    assert list(table["algorithm"]) == ["maml[inner_lr=0.01]"] and table["seeds"].iloc[0] == 1
+    assert list(table["algorithm"]) == ["maml"] and table["seeds"].iloc[0] == 1
     note = table.attrs["notes"][-1]
     assert "timeout (exceeded 1800 s)" in note and "skipped (needs a GPU)" in note
     md = render_markdown(table, "t", table.attrs["notes"], table.attrs["description"])
@@ -172,7 +168,8 @@ def test_write_leaderboards_files_parse(tmp_path: Path) -> None:
     assert not [p for p in tmp_path.rglob("*") if p.name.startswith(".")]
 
     csv = pd.read_csv(tmp_path / f"{stem}.csv")
-    assert list(csv["algorithm"]) == ["meta_sgd", "maml[inner_lr=0.01]"]
+    assert list(csv["algorithm"]) == ["meta_sgd", "maml"]
+    assert list(csv["cell_label"]) == ["meta_sgd", "maml[inner_lr=0.01]"]
     assert csv["metric_mean"].tolist() == pytest.approx([0.30, 0.355])
     assert {"metric_ci95", "episode_ci95", "time_per_iter_ms", "peak_memory_mib", "params", "rank"} <= set(
         csv
@@ -215,8 +212,8 @@ def test_unknown_format_is_a_usage_error(tmp_path: Path) -> None:
 
 
 def test_markdown_escapes_pipes() -> None:
-    table = build_tables([make_record("maml", {"act": "relu|tanh"})])[SINE]
-    assert r"maml[act=relu\|tanh]" in render_markdown(table, "t")
+    records = [make_record("maml", {"act": "relu|tanh"}), make_record("maml", {"act": "gelu"})]
+    assert r"maml[act=relu\|tanh]" in render_markdown(build_tables(records)[SINE], "t")
 
 
 def test_latex_escape() -> None:
@@ -232,7 +229,7 @@ def test_render_terminal_and_empty_tables() -> None:
         [make_record(), make_record("x", {}, suite="glyphs", suite_config={}, status="failed", reason="boom")]
     )
     text = render_terminal(tables)
-    assert "== sinusoid[shots=10] (grid smoke) ==" in text and "maml[inner_lr=0.01]" in text
+    assert "== sinusoid[shots=10] (grid smoke) ==" in text and "| maml " in text
     assert "== glyphs (grid smoke) ==" in text and "(no completed cells)" in text and "boom" in text
     empty = tables[("smoke", "glyphs")]
     assert "no completed cells" in render_markdown(empty, "glyphs")
@@ -243,4 +240,148 @@ def test_render_terminal_and_empty_tables() -> None:
 def test_a_grid_run_on_a_shared_machine_says_its_timings_are_indicative() -> None:
     table = build_tables([make_record(seed=0, exclusive=False), make_record(seed=1, exclusive=False)])[SINE]
     assert any("shared the machine" in n for n in table.attrs["notes"])
-    assert not any("shared the machine" in n for n in build_tables([make_record(seed=0)])[SINE].attrs["notes"])
+    alone = build_tables([make_record(seed=0)])[SINE]
+    assert not any("shared the machine" in n for n in alone.attrs["notes"])
+
+
+# --- Paired statistics, ties and labels on records made by the real record builder --------------------------
+
+def episode_record(registry, algorithm: str, values, *, hparams: dict | None = None, seed: int = 0,
+                   grid: str = "g", measurements: dict | None = None) -> dict:
+    """A record as `harness.cells.build_record` writes it for a sinusoid cell whose test episodes had
+    `values` (rows: test-time steps 0..k, columns: episodes), with the per-episode values kept."""
+    import numpy as np
+
+    from harness import episode_values
+    from harness.cells import build_record, resolve_cell
+    from harness.measure import mean_ci95
+    from harness.specs import Budget, Cell
+
+    values = np.atleast_2d(np.asarray(values, dtype=float))
+    budget = Budget(iterations=10, test_episodes=values.shape[1])
+    cell = Cell(algorithm, tuple(sorted((hparams or {}).items())), "sinusoid", (("shots", 10),), "cpu", seed,
+                budget, grid)
+    resolved = resolve_cell(cell, registry)
+    mean, ci, std = mean_ci95(values[-1].tolist())
+    metric = {"name": "mse", "label": "MSE", "higher_is_better": False, "mean": mean, "ci95": ci, "std": std,
+              "n": values.shape[1], "final_step": values.shape[0] - 1,
+              "per_step": [{"step": k, "mean": float(v.mean()), "ci95": ci} for k, v in enumerate(values)]}
+    result = {"metric": metric, "timings": {"meta_train_s": 1.0, "time_per_iteration_s": 0.01},
+              "memory": {"peak_bytes": 2**28}, "params": 1761, "measurements": measurements,
+              "per_episode": episode_values.encode(values, seed=resolved["seeds"]["test"], source="sampled")}
+    environment = {"torch": "2.13.0+cpu", "cpu": {"model": "AMD EPYC"}}
+    outcome = {"status": "ok", "result": result, "environment": environment}
+    return build_record(cell, resolved, outcome, mode="in-process", started_at="2026-11-23T07:00:00+00:00",
+                        finished_at="2026-11-23T07:01:00+00:00")
+
+
+def _episodes(shift: float, noise: float, seed: int, n: int = 60):
+    """Final-step MSEs on n shared episodes: a common difficulty per episode, a shift, per-row noise."""
+    import numpy as np
+
+    difficulty = np.random.default_rng(0).gamma(2.0, 0.5, n)
+    return [difficulty + shift + np.random.default_rng(100 + seed).normal(0, noise, n)]
+
+
+def test_ties_and_markers_in_markdown_and_csv(registry, tmp_path: Path) -> None:
+    records = [episode_record(registry, "maml", _episodes(0.0, 0.05, 1)),
+               episode_record(registry, "fomaml", _episodes(0.005, 0.05, 2)),  # within noise: tied
+               episode_record(registry, "pretrain", _episodes(0.8, 0.05, 3))]
+    table = build_tables(records)[("g", "sinusoid[shots=10]")]
+    assert list(table["algorithm"]) == ["fomaml", "maml", "pretrain"]  # fomaml's noise happens to help it
+    assert list(table["rank_label"]) == ["1=", "1=", "2"]
+    assert list(table["shared_rank"]) == [True, True, False]
+    assert table["p_t_holm"].iloc[1] >= 0.05 and table["p_t_holm"].iloc[2] < 1e-6
+    assert table["paired_episodes"].iloc[2] == 60 and table["delta_ci_low"].iloc[2] > 0.7
+    md = render_markdown(table, "t", table.attrs["notes"], table.attrs["description"])
+    assert "|     1= | " in md and "Δ vs best" in md and "p (t, Holm)" in md and "<0.001" in md
+    assert "tie at p ≥ 0.05" in md and "paired t-test" in md
+    paths = write_leaderboards(records, tmp_path)
+    csv = pd.read_csv(next(p for p in paths if p.suffix == ".csv"))
+    assert list(csv["rank_label"]) == ["1=", "1=", "2"] and list(csv["rank"]) == [1, 1, 2]
+    assert {"delta_vs_best", "delta_ci_low", "delta_ci_high", "p_t", "p_t_holm", "p_wilcoxon",
+            "p_wilcoxon_holm", "hparams", "budget"} <= set(csv)
+    tex = next(p for p in paths if p.suffix == ".tex").read_text()
+    assert "1= &" in tex and r"$\Delta$ vs best" in tex
+    assert r"\footnotesize" in tex and "Configurations:" in tex  # visible under the table
+
+
+def test_tables_are_reproducible_byte_for_byte(registry, tmp_path: Path) -> None:
+    records = [episode_record(registry, name, _episodes(shift, 0.1, seed + 10 * i), seed=seed)
+               for i, (name, shift) in enumerate([("maml", 0.0), ("fomaml", 0.05)]) for seed in (0, 1, 2)]
+    one, two = tmp_path / "one", tmp_path / "two"
+    write_leaderboards(records, one)
+    write_leaderboards(list(reversed(records)), two)
+    first = {p.name: p.read_bytes() for p in one.rglob("*.*")}
+    assert first == {p.name: p.read_bytes() for p in two.rglob("*.*")}
+    table = build_tables(records)[("g", "sinusoid[shots=10]")]
+    assert set(table["ci_over"]) == {"seeds+episodes"} and (table["ci_low"] < table["metric_mean"]).all()
+    assert "two-way bootstrap interval resampling seeds and test episodes" in table.attrs["description"]
+
+
+def test_labels_show_only_what_differs_and_never_neutral_settings(registry) -> None:
+    from harness.publish import neutral_hparams
+
+    values = _episodes(0.0, 0.05, 1)
+    records = [episode_record(registry, "maml", values, hparams={"inner_lr": 0.01, "vmap_tasks": False}),
+               episode_record(registry, "maml", values, hparams={"inner_lr": 0.02}),
+               episode_record(registry, "fomaml", values, hparams={"inner_lr": 0.05})]
+    neutral = neutral_hparams(registry)
+    assert "vmap_tasks" in neutral["maml"]
+    table = build_tables(records, neutral=neutral)[("g", "sinusoid[shots=10]")]
+    assert sorted(table["algorithm"]) == ["fomaml", "maml[inner_lr=0.01]", "maml[inner_lr=0.02]"]
+    without = build_tables(records)[("g", "sinusoid[shots=10]")]  # no registry: nothing known neutral
+    assert "maml[inner_lr=0.01,vmap_tasks=False]" in set(without["algorithm"])
+    row = table.set_index("algorithm").loc["maml[inner_lr=0.01]"]
+    assert '"vmap_tasks": false' in row["hparams"]  # the CSV keeps the full configuration
+    assert row["cell_label"] == "maml[inner_lr=0.01,vmap_tasks=False]"
+    md = render_markdown(table, "t")
+    assert "- maml[inner_lr=0.01]: first_order=False, inner_lr=0.01," in md and "vmap_tasks=False" in md
+    assert "- fomaml: first_order=True, inner_lr=0.05" in md and "- budget: deterministic=True" in md
+    # Rows that only a neutral setting tells apart keep it, so no two rows read the same.
+    twins = [episode_record(registry, "maml", values, hparams={"vmap_tasks": flag}) for flag in (True, False)]
+    labels = build_tables(twins, neutral=neutral)[("g", "sinusoid[shots=10]")]["algorithm"]
+    assert sorted(labels) == ["maml[vmap_tasks=False]", "maml[vmap_tasks=True]"]
+
+
+def test_old_records_without_per_episode_values_still_build_with_a_note(registry) -> None:
+    new = [episode_record(registry, "maml", _episodes(0.0, 0.05, 1)),
+           episode_record(registry, "fomaml", _episodes(0.01, 0.05, 2))]
+    old = episode_record(registry, "pretrain", _episodes(0.5, 0.05, 3))
+    old["per_episode"] = None  # as records written before per-episode values
+    table = build_tables([*new, old])[("g", "sinusoid[shots=10]")]
+    shown = display_table(table)
+    assert list(table["algorithm"])[-1] == "pretrain" and list(shown["rank"])[-1] == "2"
+    assert list(shown["p (t, Holm)"])[-1] == "n/a" and list(shown["Δ vs best"])[-1] == ""
+    assert "not tested, ranked by mean and never tied: pretrain (no per-episode values in its records)." in \
+        table.attrs["notes"]
+    assert table["stats_note"].iloc[-1] == "no per-episode values in its records"
+
+
+def test_measurements_become_columns_only_when_recorded(registry) -> None:
+    lipschitz = {"lipschitz": {"mean": 3.2, "ci95": 0.4, "n": 60, "label": "Lipschitz",
+                               "higher_is_better": False}}
+    records = [episode_record(registry, "maml", _episodes(0.0, 0.05, 1), measurements=lipschitz, seed=s)
+               for s in (0, 1)]
+    records[1]["measurements"] = {"lipschitz": {**lipschitz["lipschitz"], "mean": 3.6}}
+    table = build_tables(records)[("g", "sinusoid[shots=10]")]
+    assert table["measurement_lipschitz_mean"].iloc[0] == pytest.approx(3.4)
+    assert table["measurement_lipschitz_ci95"].iloc[0] == pytest.approx(12.706 * 0.2)  # t(1) sd/sqrt(2)
+    assert display_table(table)["Lipschitz ↓"].iloc[0] == "3.4 ± 2.5"
+    plain = build_tables([episode_record(registry, "maml", _episodes(0.0, 0.05, 1))])
+    plain = plain[("g", "sinusoid[shots=10]")]
+    assert not [c for c in plain.columns if c.startswith("measurement_")]
+
+
+def test_the_tie_test_and_alpha_are_options(registry) -> None:
+    records = [episode_record(registry, "maml", _episodes(0.0, 0.05, 1)),
+               episode_record(registry, "fomaml", _episodes(0.03, 0.05, 2))]
+    key = ("g", "sinusoid[shots=10]")
+    wilcoxon = build_tables(records, test="wilcoxon", alpha=0.01)[key]
+    assert wilcoxon.attrs["test"] == "wilcoxon"
+    assert "Wilcoxon signed-rank test on the shared" in wilcoxon.attrs["notes"][0]
+    assert wilcoxon["rank_p_holm"].iloc[1] == pytest.approx(wilcoxon["p_wilcoxon_holm"].iloc[1])
+    with pytest.raises(UsageError, match=r"unknown test 'anova'.*valid: t, wilcoxon"):
+        build_tables(records, test="anova")
+    with pytest.raises(UsageError, match="alpha must be a number strictly between 0 and 1"):
+        build_tables(records, alpha=0)

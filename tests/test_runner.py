@@ -283,8 +283,9 @@ def harness_register_algorithms():
 
 
 def test_suites_score_adapted_learners_fix_horizons_and_add_trajectory_metrics(tmp_path):
-    from harness.leaderboard import build_tables, display_table
+    from harness.leaderboard import build_tables
     from harness.registry import build_plugin_manager
+    from harness.render import display_table
     from harness.specs import Budget, Cell
 
     plugin = tmp_path / "contract_plugin.py"

@@ -14,9 +14,9 @@ Written on `harness.functional`: parameters are dicts of tensors evaluated with
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from harness import AlgorithmSpec, forward_attributes, hookimpl
+from harness import RESULT_NEUTRAL, AlgorithmSpec, forward_attributes, hookimpl
 from metaharness_plugins import hparams as shared
 
 
@@ -29,7 +29,7 @@ class ANILHparams(shared.ANILHparams):
         the default.
     """
 
-    vmap_tasks: bool = False
+    vmap_tasks: bool = field(default=False, metadata=RESULT_NEUTRAL)
 
 
 @hookimpl

@@ -81,7 +81,11 @@ class SupportRule:
 
 def check(hparams: SupportRule, suite_name: str, suite_config: Any) -> str:
     """The `AlgorithmSpec.check` of every baseline here: "" when it can run on the suite configuration,
-    else why not (too few support points for the stencil, the spline or the degree; too high an order)."""
+    else why not (too few support points for the stencil, the spline or the degree; too high an order;
+    inputs of more than one dimension, which a stencil or a spline along one axis cannot take)."""
+    dim = getattr(suite_config, "dim", 1)
+    if isinstance(dim, int) and dim > 1:
+        return f"{hparams.method} works on one input dimension; {suite_name} has dim = {dim}"
     return hparams.impossible(suite_name, suite_config)
 
 

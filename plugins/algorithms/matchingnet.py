@@ -16,9 +16,9 @@ The LSTMs are written out (one Linear per cell) so that they run under torch.fun
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from harness import AlgorithmSpec, check_ranges, forward_attributes, hookimpl
+from harness import RESULT_NEUTRAL, AlgorithmSpec, check_ranges, forward_attributes, hookimpl
 
 
 @dataclass(frozen=True)
@@ -39,7 +39,7 @@ class MatchingNetHparams:
     meta_batch_size: int = 1
     fce: bool = False
     fce_steps: int = 5
-    vmap_tasks: bool = False
+    vmap_tasks: bool = field(default=False, metadata=RESULT_NEUTRAL)
 
     def __post_init__(self) -> None:
         check_ranges(self, at_least_one=("meta_batch_size", "fce_steps"), positive=("meta_lr",))

@@ -15,9 +15,9 @@ vectorised with `torch.func.vmap` or looped over.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from harness import AlgorithmSpec, forward_attributes, hookimpl
+from harness import RESULT_NEUTRAL, AlgorithmSpec, forward_attributes, hookimpl
 from metaharness_plugins import hparams as shared
 
 
@@ -28,7 +28,7 @@ class MetaSGDHparams(shared.MetaSGDHparams):
     vmap_tasks: vectorise the meta-batch's tasks with vmap (the same numbers as a Python loop, faster).
     """
 
-    vmap_tasks: bool = True
+    vmap_tasks: bool = field(default=True, metadata=RESULT_NEUTRAL)
 
 
 @hookimpl

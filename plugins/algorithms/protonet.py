@@ -13,9 +13,9 @@ ProtoNets' embedding network, section 3.2).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from harness import AlgorithmSpec, forward_attributes, hookimpl
+from harness import RESULT_NEUTRAL, AlgorithmSpec, forward_attributes, hookimpl
 from metaharness_plugins import hparams as shared
 
 
@@ -28,7 +28,7 @@ class ProtoNetHparams(shared.ProtoNetHparams):
         loop was the faster (see the module's tests), so it is the default.
     """
 
-    vmap_tasks: bool = False
+    vmap_tasks: bool = field(default=False, metadata=RESULT_NEUTRAL)
 
 
 @hookimpl

@@ -24,9 +24,9 @@ vectorised with `torch.func.vmap` or looped over.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from harness import AlgorithmSpec, check_ranges, forward_attributes, hookimpl
+from harness import RESULT_NEUTRAL, AlgorithmSpec, check_ranges, forward_attributes, hookimpl
 
 
 @dataclass(frozen=True)
@@ -48,7 +48,7 @@ class ReptileHparams:
     outer_lr: float = 0.1
     meta_batch_size: int = 25
     test_steps: int = 10
-    vmap_tasks: bool = True
+    vmap_tasks: bool = field(default=True, metadata=RESULT_NEUTRAL)
 
     def __post_init__(self) -> None:
         check_ranges(self, at_least_one=("inner_steps", "meta_batch_size"), non_negative=("test_steps",),

@@ -1,0 +1,1 @@
+"""Bundled executors: how cells reach processes, GPUs and machines (serial, local, ray)."""
