@@ -222,9 +222,8 @@ class IMAML(GradientAlgorithm):
 
     def __init__(self, hparams: Any, model: nn.Module, suite: TaskSuite, backend: Any) -> None:
         super().__init__(hparams, model, suite, backend)
-        #: Mean norm of the regularised support loss's gradient where the inner loop stopped, per
-        #: meta-iteration
-        #: (first and latest): how far phi is from the exact phi* the implicit gradient assumes.
+        #: Mean norm over tasks of the regularised support loss's gradient where the inner loop stopped, at
+        #: the first and the latest meta-iteration: how far phi is from the assumed phi*.
         self._stationarity: list[float] = []
 
     @property
@@ -253,7 +252,9 @@ class IMAML(GradientAlgorithm):
         ):
             pass
         query_grad, query_loss = loss_grad(self.train_loss, autograd=autograd, with_value=True)(phi, qx, qy)
-        if hp.curvature == "gauss-newton":
+        if hp.first_order:
+            support_grad = loss_grad(self.train_loss, autograd=autograd)(phi, sx, sy)
+        elif hp.curvature == "gauss-newton":
             support_grad, hvp = gauss_newton_vector_product(
                 self.train_forward, self.suite.loss, phi, sx, sy, autograd=autograd
             )

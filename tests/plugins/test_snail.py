@@ -174,7 +174,12 @@ def test_hparams_and_registration() -> None:
 
 @pytest.mark.slow
 def test_learns_glyphs_5_way_1_shot_and_relabels_consistently() -> None:
-    learn_glyphs(SNAIL, SNAILHparams(meta_batch_size=4), iterations=400, min_accuracy=0.3)
+    """400 steps of 4 episodes (about 3 minutes on a shared CPU): accuracy 0.20 -> 0.42 (chance 0.2), and
+    0.46 of the predictions follow a relabelling of the support classes (a half-trained network; the
+    harness's glyphs runs reach 0.91 after 1,000 steps and 0.97 after 2,750 at 28x28)."""
+    measured = learn_glyphs(SNAIL, SNAILHparams(meta_batch_size=4), iterations=400)
+    assert measured["after"] > 0.32, measured
+    assert measured["agreement"] > max(0.35, measured["agreement_before"] + 0.15), measured
 
 
 # --- checks shared with the memory-augmented network's tests (tests/plugins/test_mann.py) ---------------
@@ -252,11 +257,11 @@ def check_gradients(algo: SequenceLearner) -> None:
     assert losses[-1] < losses[0]
 
 
-def learn_glyphs(factory: type, hparams: Any, iterations: int, min_accuracy: float,
-                 **config: Any) -> tuple[float, float, float]:
-    """Meta-train on glyphs (5-way 1-shot, 16x16, 5 queries per class) and return (accuracy before, after,
-    agreement): accuracy on 100 test episodes; agreement is the fraction of queries whose prediction
-    follows a relabelling of the support classes (every class renamed by a derangement)."""
+def learn_glyphs(factory: type, hparams: Any, iterations: int, **config: Any) -> dict[str, float]:
+    """Meta-train on glyphs (5-way 1-shot, 16x16, 5 queries per class) and return the accuracy on 100 test
+    episodes and the agreement, before and after: the fraction of queries whose prediction follows a
+    relabelling of the support classes (every class renamed by a derangement, so a learner that ignores
+    the labels agrees on none)."""
     from metaharness_plugins.suites._glyphs import GlyphsSuite
     from metaharness_plugins.suites.glyphs import GlyphsConfig
 
@@ -277,10 +282,9 @@ def learn_glyphs(factory: type, hparams: Any, iterations: int, min_accuracy: flo
                 agree += float((renamed == perm[predicted]).float().mean())
         return hits / test.num_tasks, agree / test.num_tasks
 
-    before, _ = measure()
+    before, agreement_before = measure()
     generator = torch.Generator().manual_seed(0)
     for _ in range(iterations):
         algo.meta_train_step(suite.sample(algo.meta_batch_size, generator, "train"))
     after, agreement = measure()
-    assert after > min_accuracy, f"accuracy {after:.3f} after {iterations} iterations (before: {before:.3f})"
-    return before, after, agreement
+    return {"before": before, "agreement_before": agreement_before, "after": after, "agreement": agreement}
