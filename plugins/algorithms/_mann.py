@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -36,7 +37,7 @@ class MANNNet(nn.Module):
     """
 
     def __init__(self, dim: int, ways: int, controller: int, slots: int, width: int, heads: int, gamma: float,
-                 key_strength: bool, memory: bool, label_offset: bool) -> None:
+                 key_strength: float, memory: bool, label_offset: bool) -> None:
         super().__init__()
         self.slots, self.width, self.heads, self.gamma = slots, width, heads, gamma
         self.memory, self.key_strength, self.label_offset = memory, key_strength, label_offset
@@ -44,7 +45,13 @@ class MANNNet(nn.Module):
         self.cell = nn.LSTMCell(dim + ways + reads, controller)
         if memory:
             # Per head: a key (width), the write gate alpha, and the key strength beta when learned.
-            self.interface = nn.Linear(controller, heads * (width + 1 + int(key_strength)))
+            self.interface = nn.Linear(controller, heads * (width + 1 + int(key_strength > 0)))
+            if key_strength > 0:
+                # beta = softplus(.) starts near `key_strength`: a sharp read from the first step, so the
+                # reads carry the matching slot's content and its gradient (a flat read averages every
+                # slot, and learning waits, sometimes for thousands of episodes, to leave that state).
+                with torch.no_grad():
+                    self.interface.bias.view(heads, -1)[:, width + 1] = math.log(math.expm1(key_strength))
         self.out = nn.Linear(controller + reads, ways)
 
     def initial(self, batch: int, ways: int, like: Tensor) -> State:
@@ -86,7 +93,7 @@ class MANNNet(nn.Module):
             return new, self.out(h)
         interface = self.interface(h).view(*h.shape[:-1], self.heads, -1)
         keys, alpha = interface[..., : self.width], interface[..., self.width]
-        beta = F.softplus(interface[..., self.width + 1]) if self.key_strength else torch.ones_like(alpha)
+        beta = F.softplus(interface[..., self.width + 1]) if self.key_strength > 0 else torch.ones_like(alpha)
         new.update(self.address(state, keys, alpha, beta))
         return new, self.out(torch.cat([h, new["reads"]], dim=-1))
 

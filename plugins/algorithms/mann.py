@@ -22,13 +22,18 @@ Label timing (`label_offset`): by default each support example is presented with
 (x_t, y_t), and a query with a zero label, as in SNAIL's sequences. The paper offsets labels by one
 time step, (x_t, y_{t-1}), so that the network must hold x_t until its label arrives; `label_offset =
 true` does that (a query is then shown the last support label). Measured on a synthetic 5-way 1-shot
-task (16-dimensional Gaussian classes, 16 episodes per step): with the example, query accuracy 0.75
-after 200 steps and 0.97 after 1,000; offset, still chance (0.19) after 1,000 steps. With query-only
-losses on one-shot episodes the offset binding is not learnt within CPU budgets.
+task (16-dimensional Gaussian classes, 16 episodes per step, the defaults otherwise; query accuracy on 200
+test episodes): with the example 0.74 after 50 steps and 0.94 after 200; offset 0.21 after 200 and 0.33
+after 400 (and still chance after 1,000 with the key strength starting at 0.69, below). With query-only
+losses on one-shot episodes the offset binding is learnt far more slowly.
 
 Key strength (`key_strength`): beta, a softplus of the controller's output (the Neural Turing Machine's
-content addressing), is learnt by default; the paper's equation has beta = 1 (`key_strength = false`),
-under which a softmax over cosines in [-1, 1] puts at most e^2 / (e^2 + 127), 5.5%, on one of 128 slots.
+content addressing), is learnt by default, starting near 10; the paper's equation has beta = 1
+(`key_strength = 0`), under which a softmax over cosines in [-1, 1] puts at most e^2 / (e^2 + 127), 5.5%,
+on one of 128 slots. The start matters: a flat read averages every slot, carries no label, and learning
+waits to leave that state. Measured on the synthetic task above (labels with the example, accuracy after
+25, 50, ..., 200 steps): starting at softplus(0) = 0.69, 0.19 0.20 0.22 0.21 0.25 0.43 0.62 0.70;
+starting at 10, 0.20 0.40 0.74 0.79 0.88 0.92 0.93 0.94.
 With `memory = false` the external memory is removed: an LSTM meta-learner over the same labelled
 sequence (the documented fallback, and an ablation of the memory).
 """
@@ -48,8 +53,8 @@ class MANNHparams:
     memory_slots, memory_width: the memory's size, 128 slots of 40.
     read_heads: read heads, also the number of least-used slots a write may go to (4).
     gamma: the usage decay of LRUA, in [0, 1] (0.95).
-    key_strength: sharpen the content read by a learned beta > 0 (Graves et al. 2014); false is the
-        paper's beta = 1.
+    key_strength: the initial value of the learned key strength beta that sharpens the content read
+        (Graves et al. 2014); 0 fixes beta = 1, the paper's equation.
     memory: false drops the external memory (an LSTM over the labelled sequence).
     label_offset: show each example's label at the next step, as the paper does; false (the default, see
         the module docstring) shows it with the example, and a query with a zero label.
@@ -64,7 +69,7 @@ class MANNHparams:
     memory_width: int = 40
     read_heads: int = 4
     gamma: float = 0.95
-    key_strength: bool = True
+    key_strength: float = 10.0
     memory: bool = True
     label_offset: bool = False
     meta_lr: float = 0.001
@@ -73,7 +78,8 @@ class MANNHparams:
 
     def __post_init__(self) -> None:
         check_ranges(self, at_least_one=("controller", "memory_slots", "memory_width", "read_heads",
-                                         "meta_batch_size"), positive=("meta_lr",))
+                                         "meta_batch_size"), non_negative=("key_strength",),
+                     positive=("meta_lr",))
         if not 0 <= self.gamma <= 1:
             raise ValueError(f"gamma must be in [0, 1] (the usage decay), got {self.gamma!r}")
         if self.read_heads > self.memory_slots:

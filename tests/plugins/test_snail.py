@@ -174,8 +174,8 @@ def test_hparams_and_registration() -> None:
 
 @pytest.mark.slow
 def test_learns_glyphs_5_way_1_shot_and_relabels_consistently() -> None:
-    """400 steps of 4 episodes (about 3 minutes on a shared CPU): accuracy 0.20 -> 0.42 (chance 0.2), and
-    0.46 of the predictions follow a relabelling of the support classes (a half-trained network; the
+    """400 steps of 4 episodes (about 3 minutes on a shared CPU): accuracy 0.20 -> 0.42 (chance 0.2), and the
+    predictions that follow a relabelling of the support classes 0.001 -> 0.46 (a half-trained network; the
     harness's glyphs runs reach 0.91 after 1,000 steps and 0.97 after 2,750 at 28x28)."""
     measured = learn_glyphs(SNAIL, SNAILHparams(meta_batch_size=4), iterations=400)
     assert measured["after"] > 0.32, measured
