@@ -105,6 +105,11 @@ class Predictor:
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return self.algorithm.predict(self.state, x)
 
+    def distribution(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(mean, std) of the learner's Gaussian predictive distribution at `x`
+        (`Algorithm.predict_distribution`), or None for a learner that predicts points only."""
+        return self.algorithm.predict_distribution(self.state, x)
+
     def derivatives(self, x: torch.Tensor, order: int) -> list[torch.Tensor]:
         """[df/dx, ..., d^order f/dx^order] at the points `x` ([points, 1]), each shaped like `self(x)`, detached.
 
@@ -190,6 +195,12 @@ class Algorithm(abc.ABC):
         """[df/dx, ..., d^order f/dx^order] of an adapted state at `x`, for a learner that answers
         derivatives directly (finite differences, a fitted spline); None (the default) means "differentiate
         `predict` with respect to its input" (`Predictor.derivatives`)."""
+        return None
+
+    def predict_distribution(self, state: Any, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(mean, std) of a Gaussian predictive distribution of an adapted state at `x`, each shaped like
+        `predict(state, x)`, for a probabilistic regressor (a neural process); None (the default) for a
+        learner that predicts points only. Likelihood measurements (`gaussian-nll`) read it."""
         return None
 
     def describe(self) -> dict[str, Any]:

@@ -25,7 +25,7 @@ def stable_seed(*parts: Any) -> int:
 
 #: Budget fields added after records were first published, and the value that means "not set": left out
 #: of the configuration when unset, so every record made before the field existed keeps its fingerprint.
-LATER_BUDGET_FIELDS = {"memory_limit": None}
+LATER_BUDGET_FIELDS = {"memory_limit": None, "patience": None}
 
 
 def budget_config(budget: Any) -> dict[str, Any]:

@@ -123,6 +123,9 @@ def _aggregate(records: list[dict[str, Any]]) -> dict[str, Any]:
         "ci_over": ci_over,
         "episode_ci95": episode_ci,
         "test_episodes": max((m.get("n") or 0 for m in metrics), default=0) or None,
+        "iterations": _mean(t.get("iterations") for t in timings),
+        "best_iteration": _mean((r.get("best") or {}).get("iteration") for r in records),
+        "_stopped_early": any(t.get("stopped_by") in EARLY_STOPS for t in timings),
         "meta_train_s": _mean(t.get("meta_train_s") for t in timings),
         "time_per_iter_ms": _mean(t.get("time_per_iteration_s") for t in timings) * 1e3,
         "adapt_latency_ms": _mean(t.get("adapt_latency_s") for t in timings) * 1e3,
@@ -294,7 +297,9 @@ _COLUMNS_STATS = (
     "delta_vs_best delta_ci_low delta_ci_high paired_episodes p_t p_t_holm p_wilcoxon p_wilcoxon_holm "
     "shared_rank rank_leader rank_p_holm stats_note"
 ).split()
-_COLUMNS_TAIL = "meta_train_s time_per_iter_ms adapt_latency_ms peak_memory_mib params".split()
+_COLUMNS_TAIL = "iterations best_iteration meta_train_s time_per_iter_ms adapt_latency_ms peak_memory_mib params".split()
+#: `timings.stopped_by` values that end meta-training before the budget's iterations (the runner's).
+EARLY_STOPS = ("patience", "time_limit")
 _COLUMNS_CONFIG = "algorithm_name cell_label hparams budget".split()
 
 
@@ -333,6 +338,7 @@ def _build_table(grid: str, suite_label: str, records: list[dict[str, Any]], rep
                                     reasons=[r.pop("_why") for r in rows])
     _statistics_columns(result, rows)
     steps = _pick_steps(rows)
+    stopped_early = any([row.pop("_stopped_early") for row in rows])
     extra_names: dict[str, list[str]] = {"_trajectory": [], "_measured": []}
     for row in rows:
         per_step = row.pop("_per_step")
@@ -376,6 +382,10 @@ def _build_table(grid: str, suite_label: str, records: list[dict[str, Any]], rep
         notes.append("some cells ran concurrently with others: their timings are not comparable.")
     elif exclusive == {False}:
         notes.append("cells ran while other work shared the machine: timings are indicative only.")
+    if stopped_early:
+        notes.append("meta-training stopped early (patience or time limit) in some cells: the iterations "
+                     "column is the mean over seeds of iterations trained, with the iteration of the best "
+                     "validation (the parameters tested) in parentheses.")
     if len(ok) < len(records):
         notes.append(_failure_note([r for r in records if r.get("status") != "ok"]))
     if pending:
@@ -389,7 +399,7 @@ def _build_table(grid: str, suite_label: str, records: list[dict[str, Any]], rep
                    "higher_is_better": higher, "trajectory_labels": trajectory_labels,
                    "measurement_labels": measurement_labels, "description": description, "notes": notes,
                    "alpha": alpha, "test": test, "test_name": stats.TEST_NAMES[test], "procedure": procedure,
-                   "configurations": _configurations(rows, ok)}  # fmt: skip
+                   "configurations": _configurations(rows, ok), "stopped_early": stopped_early}  # fmt: skip
     return frame
 
 

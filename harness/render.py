@@ -112,6 +112,10 @@ def display_table(table: pd.DataFrame) -> pd.DataFrame:
         out["chosen"] = table["chosen"].fillna("").astype(str)
     if "reported" in table:
         out["reported"] = table["reported"].fillna("").astype(str)
+    if table.attrs.get("stopped_early"):
+        out["iterations (best)"] = [f"{i} ({b})" if i else "" for i, b in
+                                    zip(_fmt_column(table["iterations"]), _fmt_column(table["best_iteration"]),
+                                        strict=True)]
     for source, header in (
         ("meta_train_s", "meta-train (s)"),
         ("time_per_iter_ms", "time/iter (ms)"),

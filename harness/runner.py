@@ -146,7 +146,7 @@ def harness_run_cell(cell: Cell, context: CellContext) -> dict[str, Any]:
     curve: list[dict[str, Any]] = []
     best: dict[str, Any] = {"iteration": 0, "val_metric": None}
     best_state = algo.state_dict()
-    stopped_by, val_s, losses = "iterations", 0.0, []
+    stopped_by, val_s, losses, since_best = "iterations", 0.0, [], 0
     backend.synchronize()
     start = time.perf_counter()
     iteration = 0
@@ -172,8 +172,14 @@ def harness_run_cell(cell: Cell, context: CellContext) -> dict[str, Any]:
             if best["val_metric"] is None or better(val, best["val_metric"]):
                 best = {"iteration": iteration, "val_metric": val}
                 best_state = algo.state_dict()
+                since_best = 0
+            else:
+                since_best += 1
         if out_of_time:
             stopped_by = "time_limit"
+            break
+        if budget.patience is not None and since_best >= budget.patience:
+            stopped_by = "patience"
             break
     backend.synchronize()
     train_wall = time.perf_counter() - start

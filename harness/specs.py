@@ -275,6 +275,9 @@ class Budget:
     time_limit: float | None = None  # seconds of meta-training; stops early, status stays ok
     timeout: float = 1800.0  # hard limit for the whole cell; past it the cell's processes are killed
     val_interval: int = 100
+    # Early stopping: meta-training ends once this many validations in a row have not improved on the best
+    # (the best parameters are the ones tested, as always); None trains for every iteration.
+    patience: int | None = None
     val_episodes: int = 100
     test_episodes: int = 600
     test_seed: int = 0
@@ -302,6 +305,9 @@ class Budget:
             if value is not None and not 0 < value <= MAX_TIMEOUT_S:
                 raise ValueError(f"{name} must be a number of seconds above 0 and at most {MAX_TIMEOUT_S:,.0f} "
                                  f"(30 days), got {value!r}")
+        if self.patience is not None and not 1 <= self.patience <= MAX_ITERATIONS:
+            raise ValueError(f"patience must be a number of validations from 1 to {MAX_ITERATIONS:,} (meta-training "
+                             f"stops after that many in a row without improvement), got {self.patience!r}")
         if not 0 <= self.test_seed <= MAX_SEED:
             raise ValueError(f"test_seed must be an integer from 0 to {MAX_SEED:,}, got {self.test_seed!r}")
         if self.threads is not None and not 1 <= self.threads <= MAX_THREADS:

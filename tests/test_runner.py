@@ -121,6 +121,39 @@ def test_time_limit_stops_meta_training_early(registry, write_grid, tmp_path):
     assert record["curve"][-1]["iteration"] == record["timings"]["iterations"]
 
 
+def test_patience_stops_meta_training_once_validation_stops_improving(registry, write_grid, tmp_path):
+    # Meta-SGD at a meta learning rate of 0 never changes: the first validation is the best, and every
+    # later one only equals it, so training stops after `patience` more validations.
+    body = ('[[block]]\nalgorithms = [{ name = "metasgd", meta_lr = 1e-12 }, "maml"]\n'
+            'suites = [{ name = "sinusoid", shots = 5 }]\n'
+            "[budget]\niterations = 400\nval_interval = 10\npatience = 3\nval_episodes = 2\ntest_episodes = 2\n")
+    grid = load_grid(str(write_grid(body)), registry)
+    records = {r["cell"]["algorithm"]: r for r in
+               run_grid(grid, registry, ResultStore(tmp_path), in_process=True, progress=False).records}
+    frozen = records["metasgd"]
+    assert frozen["status"] == "ok" and frozen["timings"]["stopped_by"] == "patience"
+    iterations = [c["iteration"] for c in frozen["curve"]]
+    assert frozen["best"]["iteration"] == iterations[-4] and iterations[-1] == frozen["timings"]["iterations"] < 400
+    assert frozen["config"]["budget"]["patience"] == 3
+    vals = [c["val_metric"] for c in frozen["curve"]]
+    assert all(v >= frozen["best"]["val_metric"] for v in vals)
+    # Patience stops only on validations that fail to improve: every stop is `patience` after the best.
+    learning = records["maml"]
+    curve = [c["iteration"] for c in learning["curve"]]
+    if learning["timings"]["stopped_by"] == "patience":
+        assert curve.index(learning["best"]["iteration"]) == len(curve) - 4
+    else:
+        assert learning["timings"]["iterations"] == 400
+
+
+def test_unset_later_budget_fields_keep_old_fingerprints(registry, write_grid):
+    grid = load_grid(str(write_grid(TWO_ALGOS)), registry)
+    config = resolve_cell(grid.cells[0], registry)["config"]["budget"]
+    assert "patience" not in config and "memory_limit" not in config
+    patient = load_grid(str(write_grid(TWO_ALGOS + "[budget]\npatience = 2\n", name="patient")), registry)
+    assert resolve_cell(patient.cells[0], registry)["fingerprint"] != resolve_cell(grid.cells[0], registry)["fingerprint"]
+
+
 def test_bad_hyper_parameter_fails_before_any_cell_runs(registry, tmp_path):
     from harness.errors import UsageError
     from harness.specs import Budget, Cell

@@ -14,7 +14,8 @@ In the harness the support set is the context and the query set the targets; `ad
 (the state: nothing is adapted by gradient, `test_steps` is 0); `predict(state, x)` is the predictive
 mean, so the suites score it by their metric (MSE), and the derivatives suite differentiates it with
 respect to x (the decoder is pointwise in x). `predict_distribution(state, x)` returns (mean, std), what
-a suite-side Gaussian NLL metric reads. Inputs and outputs may be vectors: the widths come from one
+the `gaussian-nll` measurement reads (the query targets' Gaussian negative log-likelihood and interval
+coverage, leaderboard columns beside the MSE). Inputs and outputs may be vectors: the widths come from one
 training episode of the suite. The suite's own model is not used: the CNP is its own network.
 """
 
