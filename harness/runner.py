@@ -178,7 +178,7 @@ def harness_run_cell(cell: Cell, context: CellContext) -> dict[str, Any]:
         if out_of_time:
             stopped_by = "time_limit"
             break
-        if budget.patience is not None and since_best >= budget.patience:
+        if budget.patience is not None and since_best >= budget.patience and iteration < budget.iterations:
             stopped_by = "patience"
             break
     backend.synchronize()

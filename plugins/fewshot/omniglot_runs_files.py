@@ -122,7 +122,8 @@ def find_runs_dir(cfg: Any) -> Path:
         tried = (f"the default, {' or '.join(map(str, candidates))}, does not exist" if candidates else
                  f"the default, $HARNESS_DATA/omniglot/{RUNS_FOLDER}, needs ${DATA_ENV}")
         raise UsageError(f"no Omniglot one-shot runs: set the suite option runs_dir to the folder holding "
-                         f"{LAYOUT} (the authors' all_runs.zip, extracted); {tried}")
+                         f"{LAYOUT} (the authors' all_runs.zip, extracted, or runs built from an archive's "
+                         f"alphabets with `python -m metaharness_plugins.fewshot.omniglot_runs_build`); {tried}")
     return found
 
 def find_archives(cfg: Any) -> Path:

@@ -27,8 +27,9 @@ from metaharness_plugins.suites.omniglot_runs import (  # noqa: E402
     background_splits,
     check_runs,
 )
+from metaharness_plugins.fewshot import omniglot_runs_build  # noqa: E402
+from metaharness_plugins.fewshot.omniglot_runs_build import RunTruth, write_runs  # noqa: E402
 from tests.conftest import run_cli  # noqa: E402
-from tests.fixtures.omniglot_runs import RunTruth, write_runs  # noqa: E402
 from tests.plugins.helpers import DATA, require_omniglot  # noqa: E402
 
 #: Meta-training reads small set 1 only; the runs come from the alphabets only small set 2 holds (Tagalog,
@@ -115,6 +116,24 @@ def test_fixture_writes_the_authors_format(runs: tuple[Path, list[RunTruth]], tm
 
 
 # --- parsing ----------------------------------------------------------------------------------------------
+
+
+def test_the_command_line_builds_runs_and_overwrites_nothing(
+    runs: tuple[Path, list[RunTruth]], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = tmp_path / "all_runs"
+    assert omniglot_runs_build.main([str(DATA / RUNS_ARCHIVE), *RUN_ALPHABETS, "--out", str(folder)]) == 0
+    assert "wrote 20 runs of 20 characters from Japanese_(katakana), Sanskrit" in capsys.readouterr().out
+    built = sorted(p.relative_to(folder) for p in folder.rglob("*") if p.is_file())
+    assert built == sorted(p.relative_to(runs[0]) for p in runs[0].rglob("*") if p.is_file())
+    assert all((folder / p).read_bytes() == (runs[0] / p).read_bytes() for p in built)  # same seed, same runs
+    for argv, message in (([str(DATA / RUNS_ARCHIVE), "Sanskrit", "--out", str(folder)], "is not an empty folder"),
+                          ([str(DATA / RUNS_ARCHIVE), "Tagalog", "--out", str(tmp_path / "t")], "has 17 characters"),
+                          ([str(tmp_path / "none.zip"), "Sanskrit", "--out", str(tmp_path / "n")], "is not a file")):
+        with pytest.raises(SystemExit) as exit_info:
+            omniglot_runs_build.main(argv)
+        assert exit_info.value.code == 2 and message in capsys.readouterr().err
+    assert len(list(folder.rglob("*.png"))) == 20 * 40  # the refused run left the folder as it was
 
 
 def test_reads_a_good_folder(runs: tuple[Path, list[RunTruth]], cache_dir: Path) -> None:
