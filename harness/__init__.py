@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from harness.base import Algorithm, Backend, Predictor, TaskSuite, split_classifier
     from harness.measuring import Measurement
     from harness.specs import (
+        ADDED_LATER,
         RESULT_NEUTRAL,
         AlgorithmSpec,
         BackendSpec,
@@ -36,9 +37,9 @@ hookimpl = pluggy.HookimplMarker("harness")
 
 _LAZY = {
     **dict.fromkeys(("Algorithm", "Backend", "Predictor", "TaskSuite", "split_classifier"), "harness.base"),
-    **dict.fromkeys(("AlgorithmSpec", "BackendSpec", "Budget", "Cell", "ExecutorSpec", "LazyFactory", "MeasurementSpec",
-                     "RESULT_NEUTRAL", "TaskBatch", "TaskSuiteSpec", "check_ranges", "forward_attributes"),
-                    "harness.specs"),
+    **dict.fromkeys(("AlgorithmSpec", "BackendSpec", "Budget", "Cell", "ExecutorSpec", "LazyFactory",
+                     "MeasurementSpec", "ADDED_LATER", "RESULT_NEUTRAL", "TaskBatch", "TaskSuiteSpec",
+                     "check_ranges", "forward_attributes"), "harness.specs"),
     "Measurement": "harness.measuring",
 }
 
@@ -52,6 +53,7 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "ADDED_LATER",
     "Algorithm",
     "AlgorithmSpec",
     "Backend",

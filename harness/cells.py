@@ -6,13 +6,12 @@ import hashlib
 import json
 import os
 from collections.abc import Callable
-from dataclasses import asdict
 from datetime import datetime, timezone
 from typing import Any
 
 import harness
 from harness.results import SCHEMA_VERSION, fingerprint
-from harness.specs import MEASUREMENT_STEPS_KEY, Cell, check_steps, params_dict, resolve_params
+from harness.specs import MEASUREMENT_STEPS_KEY, Cell, check_steps, config_dict, params_dict, resolve_params
 
 FAILED_STATUSES = ("failed", "timeout", "diverged")
 
@@ -23,26 +22,16 @@ def stable_seed(*parts: Any) -> int:
     return int.from_bytes(hashlib.sha256(blob).digest()[:4], "big") & 0x7FFFFFFF
 
 
-#: Budget fields added after records were first published, and the value that means "not set": left out
-#: of the configuration when unset, so every record made before the field existed keeps its fingerprint.
-LATER_BUDGET_FIELDS = {"memory_limit": None, "patience": None}
-
-
-def budget_config(budget: Any) -> dict[str, Any]:
-    """The budget as a cell's configuration (and fingerprint) holds it."""
-    return {k: v for k, v in asdict(budget).items() if k not in LATER_BUDGET_FIELDS or LATER_BUDGET_FIELDS[k] != v}
-
-
 def resolve_cell(cell: Cell, registry: Any) -> dict[str, Any]:
     """Full config, code version, fingerprint and seeds of a cell; raises UsageError on bad params."""
     a_reg, s_reg, b_reg = registry.algorithm(cell.algorithm), registry.suite(cell.suite), registry.backend(cell.backend)
     hparams = resolve_params(a_reg.spec.hparams, dict(cell.hparams), f"algorithm {cell.algorithm!r}")
     suite_config = resolve_params(s_reg.spec.config, dict(cell.suite_config), f"suite {cell.suite!r}")
     config = {
-        "algorithm": {"name": cell.algorithm, "hparams": params_dict(hparams)},
-        "suite": {"name": cell.suite, "config": params_dict(suite_config)},
+        "algorithm": {"name": cell.algorithm, "hparams": config_dict(hparams)},
+        "suite": {"name": cell.suite, "config": config_dict(suite_config)},
         "backend": cell.backend,
-        "budget": budget_config(cell.budget),
+        "budget": config_dict(cell.budget),
     }
     measurements = resolve_measurements(cell, registry)
     m_regs = [registry.measurement(name) for name, _, _ in measurements]

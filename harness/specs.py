@@ -267,6 +267,12 @@ MAX_SEED = 2**32 - 1
 MAX_MEMORY_LIMIT_MIB = 2**24  # 16 TiB
 
 
+#: Field metadata for an option added after records were published, whose default is the behaviour those
+#: records had: `field(default=..., metadata=ADDED_LATER)`. A cell's configuration (and so its fingerprint)
+#: leaves such a field out while it is at its default, so adding the option re-runs nothing.
+ADDED_LATER = {"added_later": True}
+
+
 @dataclass(frozen=True)
 class Budget:
     """How long a cell may meta-train, how it is evaluated, and what its process may use."""
@@ -277,7 +283,7 @@ class Budget:
     val_interval: int = 100
     # Early stopping: meta-training ends once this many validations in a row have not improved on the best
     # (the best parameters are the ones tested, as always); None trains for every iteration.
-    patience: int | None = None
+    patience: int | None = field(default=None, metadata=ADDED_LATER)
     val_episodes: int = 100
     test_episodes: int = 600
     test_seed: int = 0
@@ -285,7 +291,7 @@ class Budget:
     deterministic: bool = True
     # MiB of private memory the cell's process may allocate beyond what it holds when the cell starts
     # (Linux, RLIMIT_DATA); past it allocations fail and the cell's record says out of memory.
-    memory_limit: int | None = None
+    memory_limit: int | None = field(default=None, metadata=ADDED_LATER)
 
     def __post_init__(self) -> None:
         hints = typing.get_type_hints(Budget)
@@ -557,6 +563,17 @@ def result_neutral(params_type: Any) -> frozenset[str]:
     if not dataclasses.is_dataclass(params_type):
         return frozenset()
     return frozenset(f.name for f in dataclasses.fields(params_type) if f.metadata.get("result_neutral"))
+
+
+def config_dict(params: Any) -> dict[str, Any]:
+    """`params_dict(params)` as a cell's configuration and fingerprint hold it: without the `ADDED_LATER`
+    fields that are at their defaults."""
+    out = params_dict(params)
+    for f in dataclasses.fields(params):
+        at_default = f.default is not dataclasses.MISSING and getattr(params, f.name) == f.default
+        if f.metadata.get("added_later") and at_default:
+            del out[f.name]
+    return out
 
 
 def params_dict(params: Any) -> dict[str, Any]:

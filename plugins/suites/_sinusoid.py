@@ -18,6 +18,7 @@ PHASE_RANGE = (0.0, math.pi)
 INPUT_RANGE = (-5.0, 5.0)
 HIDDEN = 40  # section 5.1: the regressor has 2 hidden layers of size 40 with ReLU nonlinearities
 INIT_STD = 0.01  # weight initialisation of the authors' released code (see build_model)
+ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "softplus": nn.Softplus}  # the `activation` option
 
 
 def _uniform(shape: tuple[int, ...], low: float, high: float, generator: torch.Generator) -> torch.Tensor:
@@ -54,18 +55,19 @@ class SinusoidSuite(TaskSuite):
         )
 
     def build_model(self) -> nn.Module:
-        """The paper's regressor: 1-40-40-1 MLP with ReLU.
+        """The paper's regressor: 1-40-40-1 MLP with ReLU (`activation`: or tanh, softplus).
 
         With `init="maml"` it is initialised as in the authors' released code (cbfinn/maml,
         `construct_fc_weights`): every weight from a normal with standard deviation 0.01 truncated
         at two standard deviations, biases zero. The default, `init="torch"`, keeps PyTorch's
         initialisation, under which every bundled algorithm (Reptile included) learns quickly.
         """
+        activation = ACTIVATIONS[self.config.activation]
         model = nn.Sequential(
             nn.Linear(1, HIDDEN),
-            nn.ReLU(),
+            activation(),
             nn.Linear(HIDDEN, HIDDEN),
-            nn.ReLU(),
+            activation(),
             nn.Linear(HIDDEN, 1),
         )
         for layer in model if self.config.init == "maml" else ():

@@ -9,13 +9,16 @@ is an MLP 1-40-40-1 with ReLU, meta-trained with K = 10; its table reports K = 5
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from harness import TaskSuiteSpec, forward_attributes, hookimpl
+from harness import ADDED_LATER, TaskSuiteSpec, forward_attributes, hookimpl
 from metaharness_plugins.regression import EpisodeSizes, check_sizes
 
 # "torch": PyTorch's default nn.Linear initialisation; "maml": the MAML release's (see build_model).
 INITS = ("torch", "maml")
+# The hidden layers' non-linearity: the paper's ReLU, or a smooth one (the loss is then smooth in the
+# parameters, and a gradient flow over them, ode-maml's inner loop, has a continuous vector field).
+ACTIVATIONS = ("relu", "tanh", "softplus")
 
 
 @dataclass(frozen=True)
@@ -24,6 +27,8 @@ class SinusoidConfig(EpisodeSizes):
 
     The MAML paper meta-trains with K = 10 and reports K = 5 and K = 10 at test, so the two may
     differ; `test_shots=None` means "the same as `shots`". MSE is measured on the query points.
+    `init` and `activation` choose the model's initialisation and hidden non-linearity (build_model);
+    `activation` leaves the episodes unchanged.
     """
 
     shots: int = 10
@@ -31,10 +36,13 @@ class SinusoidConfig(EpisodeSizes):
     query: int = 10
     test_query: int = 100
     init: str = "torch"
+    activation: str = field(default="relu", metadata=ADDED_LATER)
 
     def __post_init__(self) -> None:
         if self.init not in INITS:
             raise ValueError(f"init must be one of {', '.join(INITS)}, got {self.init!r}")
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {', '.join(ACTIVATIONS)}, got {self.activation!r}")
         check_sizes(self)
 
 
@@ -46,6 +54,7 @@ def harness_register_task_suites() -> list[TaskSuiteSpec]:
             factory="metaharness_plugins.suites._sinusoid:SinusoidSuite",
             config=SinusoidConfig,
             task_kind="regression",
+            episode_neutral=("activation",),
             description="K-shot sine-wave regression (amplitude U[0.1,5], phase U[0,pi], x U[-5,5]); MSE",
             paper="Finn, Abbeel & Levine 2017, Model-Agnostic Meta-Learning (ICML), section 5.1",
         )

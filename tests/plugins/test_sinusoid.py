@@ -134,6 +134,26 @@ def test_model_is_the_papers_mlp(suite: SinusoidSuite) -> None:
     assert all(torch.equal(a, b) for a, b in zip(model.parameters(), again.parameters()))
 
 
+def test_a_smooth_activation_changes_the_model_not_the_episodes_nor_old_fingerprints(registry) -> None:
+    from harness.cells import resolve_cell
+    from harness.specs import Budget, Cell
+
+    smooth = SinusoidSuite(SinusoidConfig(activation="softplus"))
+    torch.manual_seed(0)
+    model = smooth.build_model()
+    assert sum(isinstance(m, nn.Softplus) for m in model) == 2 and not any(isinstance(m, nn.ReLU) for m in model)
+    torch.manual_seed(0)
+    relu = SinusoidSuite(SinusoidConfig()).build_model()  # the same initial weights, another non-linearity
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), relu.parameters()))
+    with pytest.raises(ValueError, match="activation must be one of relu, tanh, softplus, got 'gelu'"):
+        SinusoidConfig(activation="gelu")
+    cells = {a: resolve_cell(Cell("maml", (), "sinusoid", (() if a == "relu" else (("activation", a),)), "cpu", 0,
+                                  Budget(iterations=2)), registry) for a in ("relu", "tanh")}
+    assert "activation" not in cells["relu"]["config"]["suite"]["config"]  # as before the option existed
+    assert cells["tanh"]["config"]["suite"]["config"]["activation"] == "tanh"
+    assert cells["relu"]["seeds"]["test"] == cells["tanh"]["seeds"]["test"]  # the same test episodes
+
+
 def test_loss_and_metric_are_mse(suite: SinusoidSuite) -> None:
     prediction = torch.tensor([[1.0], [2.0], [4.0]])
     target = torch.tensor([[1.0], [0.0], [1.0]])
