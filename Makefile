@@ -56,6 +56,8 @@ bench: $(STAMP)
 		--benchmark-json=benchmarks/results/overhead-cpu.json --benchmark-columns=min,median,iqr,rounds
 	$(BIN)/python -m pytest benchmarks/test_bench_maml.py --benchmark-enable --benchmark-only \
 		--benchmark-json=benchmarks/results/maml-cpu.json --benchmark-columns=min,median,iqr,rounds
+	$(BIN)/python -m pytest benchmarks/test_bench_executors.py --benchmark-enable --benchmark-only \
+		--benchmark-json=benchmarks/results/executors-cpu.json
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -8,13 +8,11 @@ the cell's own code become statuses (`execute_cell`); where the process runs is 
 from __future__ import annotations
 
 import math
-import os
 import random
 import time
 import traceback
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pluggy
@@ -26,7 +24,7 @@ from harness.measure import Stopwatch, mean_ci95
 from harness.measuring import Measuring
 from harness.results import capture_environment
 from harness.specs import Cell, TaskBatch
-from harness.storage import CACHE_ENV, DATA_ENV
+from harness.storage import portable_paths, portable_traceback
 
 if TYPE_CHECKING:
     import torch
@@ -230,27 +228,6 @@ def harness_run_cell(cell: Cell, context: CellContext) -> dict[str, Any]:
     return result
 
 
-def portable_paths(value: Any) -> Any:
-    """`value` with machine-specific path prefixes in its strings spelt portably: the data and cache
-    roots as `$HARNESS_DATA` / `$HARNESS_CACHE` and the home folder as `~`, so records can be published."""
-    if isinstance(value, dict):
-        return {k: portable_paths(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [portable_paths(v) for v in value]
-    if not isinstance(value, str):
-        return value
-    prefixes = [(os.environ.get(env, ""), f"${env}") for env in (DATA_ENV, CACHE_ENV)]
-    prefixes.append((str(Path.home()), "~"))
-    for prefix, name in prefixes:
-        prefix = prefix.rstrip("/")
-        if prefix and (value == prefix or value.startswith(prefix + "/")):
-            return name + value[len(prefix):]
-        real = os.path.realpath(prefix) if prefix else ""
-        if real and real != prefix and (value == real or value.startswith(real + "/")):
-            return name + value[len(real):]
-    return value
-
-
 #: Validation or test episodes larger than this (as float tensors) are drawn and evaluated in chunks.
 EPISODE_CHUNK_BYTES = 256 << 20
 
@@ -358,7 +335,7 @@ def execute_cell(cell: Cell, registry: Any) -> dict[str, Any]:
     except Diverged as exc:
         outcome.update(status="diverged", reason=str(exc), result=exc.partial)
     except Exception as exc:
-        outcome.update(status="failed", reason=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc())
+        outcome.update(status="failed", reason=f"{type(exc).__name__}: {exc}", traceback=portable_traceback(traceback.format_exc()))
     if not outcome["environment"]:
         outcome["environment"] = capture_environment()
     return outcome

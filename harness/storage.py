@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -86,3 +88,49 @@ def file_sha256(path: Path) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def portable_paths(value: Any) -> Any:
+    """`value` with machine-specific path prefixes in its strings spelt portably: the data and cache
+    roots as `$HARNESS_DATA` / `$HARNESS_CACHE` and the home folder as `~`, so records can be published."""
+    if isinstance(value, dict):
+        return {k: portable_paths(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [portable_paths(v) for v in value]
+    if not isinstance(value, str):
+        return value
+    prefixes = [(os.environ.get(env, ""), f"${env}") for env in (DATA_ENV, CACHE_ENV)]
+    prefixes.append((str(Path.home()), "~"))
+    for prefix, name in prefixes:
+        prefix = prefix.rstrip("/")
+        if prefix and (value == prefix or value.startswith(prefix + "/")):
+            return name + value[len(prefix):]
+        real = os.path.realpath(prefix) if prefix else ""
+        if real and real != prefix and (value == real or value.startswith(real + "/")):
+            return name + value[len(real):]
+    return value
+
+
+def portable_traceback(text: str) -> str:
+    """A traceback whose file names do not say where this installation lives, so a failed cell's record can
+    be published: a frame in a loaded module is spelt by the module's name (`harness/runner.py`,
+    `metaharness_plugins/analysis/_sensitivity.py`, `torch/nn/modules/module.py`), any other file as
+    `portable_paths` spells it, or as `.../name.py` when that is still absolute."""
+    files: dict[str, str] = {}
+    for name, module in list(sys.modules.items()):
+        path = getattr(module, "__file__", None)
+        if not isinstance(path, str) or not path:
+            continue
+        tail = "/__init__.py" if Path(path).name == "__init__.py" else Path(path).suffix
+        files[path] = files[os.path.realpath(path)] = name.replace(".", "/") + tail
+
+    def spell(match: re.Match[str]) -> str:
+        path = match.group(1)
+        known = files.get(path) or files.get(os.path.realpath(path))
+        if known is None:
+            known = portable_paths(path)
+            if os.path.isabs(known):  # no module and no portable root: the file's name alone
+                known = f".../{Path(path).name}"
+        return f'File "{known}"'
+
+    return re.sub(r'File "([^"]+)"', spell, text)

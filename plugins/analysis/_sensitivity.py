@@ -3,6 +3,7 @@ that enables one builds it): input-Jacobian norms, the layer-norm product bound,
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -44,7 +45,13 @@ def input_jacobian_norms(predictor: Any, x: Tensor) -> Tensor | None:
                                           allow_unused=True)
             rows.append((torch.zeros_like(point) if grad is None else grad).reshape(len(point), -1))
     jacobians = torch.stack(rows, dim=1).to(_exact(x.device))  # [n, outputs, inputs]
-    return torch.linalg.matrix_norm(jacobians, ord=2)
+    # An adaptation that blew up leaves non-finite Jacobians: those points' norms are NaN (the summary
+    # counts finite values only), the others' are measured.
+    finite = torch.isfinite(jacobians).flatten(1).all(1)
+    norms = torch.full((len(jacobians),), math.nan, dtype=jacobians.dtype, device=jacobians.device)
+    if bool(finite.any()):
+        norms[finite] = torch.linalg.matrix_norm(jacobians[finite], ord=2)
+    return norms
 
 
 def _exact(device: torch.device) -> torch.dtype:
@@ -117,7 +124,8 @@ def _tuple(value: Any) -> tuple[int, ...]:
 
 def spectral_bound(predictor: Any, x: Tensor, iterations: int, generator: torch.Generator) -> float | None:
     """The product of the layers' operator norms (times the activations' factors) of the adapted model, an
-    upper bound of its Lipschitz constant in L2 (Szegedy et al. 2014, section 4.3); None where it does not
+    upper bound of its Lipschitz constant in L2 (Szegedy et al. 2014, section 4.3); NaN when the adapted
+    parameters are not finite; None where it does not
     apply: the learner's model is not a chain of Linear / convolution layers and Lipschitz activations (batch
     norm with batch statistics is not a fixed map), its state is not that model's parameters, or its
     predictions are not that chain evaluated with the state (checked on `x`)."""
@@ -126,6 +134,8 @@ def spectral_bound(predictor: Any, x: Tensor, iterations: int, generator: torch.
         return None
     if set(state) != {name for name, _ in model.named_parameters()}:
         return None
+    if not all(bool(torch.isfinite(t).all()) for t in state.values() if isinstance(t, Tensor)):
+        return math.nan  # an adaptation that blew up: no bound for this episode
     bound, h = 1.0, x
     with torch.no_grad():
         for prefix, layer in _layers(model):

@@ -172,6 +172,19 @@ def test_no_bound_where_it_does_not_apply_and_no_gradients_without_a_graph() -> 
                                                                                "lipschitz_grad_max"}
 
 
+def test_an_adaptation_that_blew_up_gives_nan_not_an_error() -> None:
+    """Where test-time adaptation diverged (Reptile's SGD on one sinusoid episode did), the episode's
+    values are NaN, which the cell's summary leaves out, and the cell goes on."""
+    torch.manual_seed(3)
+    predictor = _predictor(nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 1)))
+    predictor.state["2.weight"][0, 1] = math.inf
+    values = _lipschitz(predictor, _points())
+    assert set(values) == {"lipschitz_grad_mean", "lipschitz_grad_max", "lipschitz_spectral_bound"}
+    assert all(math.isnan(v) for v in values.values())
+    predictor.state["2.weight"][0, 1] = 0.5
+    assert all(math.isfinite(v) for v in _lipschitz(predictor, _points()).values())
+
+
 def test_noise_zero_reproduces_the_metric_and_noise_raises_mse_by_sigma_squared_norm_squared() -> None:
     torch.manual_seed(9)
     predictor = _predictor(nn.Sequential(nn.Linear(3, 1)))
