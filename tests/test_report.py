@@ -121,6 +121,11 @@ def test_labels_and_rows_match_whatever_the_label_shows():
     assert rows[1][0]["cell"]["hparams"] == {}
     assert short_labels(["maml[a=1,b=2]", "maml[a=1,b=3]", "anil[a=1]"]) == ["maml[b=2]", "maml[b=3]", "anil"]
     assert short_labels(["maml[a=1]", "maml"]) == ["maml[a=1]", "maml"]  # dropping a=1 would make them equal
+    # A setting that another already tells apart goes too: adjoint_checkpoints follows adjoint here.
+    ode = ["ode[adjoint=False,adjoint_checkpoints=False,solver=euler]", "ode[adjoint=False,adjoint_checkpoints=False,"
+           "solver=rk4]", "ode[adjoint=True,adjoint_checkpoints=True,solver=rk4]"]
+    assert short_labels(ode) == ["ode[adjoint=False,solver=euler]", "ode[adjoint=False,solver=rk4]",
+                                 "ode[adjoint=True,solver=rk4]"]
 
 
 def test_minified_svg_draws_the_same_text_and_is_valid_xml():

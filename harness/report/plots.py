@@ -93,7 +93,17 @@ def pareto_front(xs: Sequence[float], ys: Sequence[float], higher_is_better: boo
 
 
 def _short(label: str) -> str:
-    return label if len(label) <= _LEGEND_CHARS else label[: _LEGEND_CHARS - 1] + "…"
+    """At most `_LEGEND_CHARS` characters, cut in the middle: a label's end (`solver=rk4]`) often tells it
+    from the next."""
+    if len(label) <= _LEGEND_CHARS:
+        return label
+    head = (_LEGEND_CHARS - 1) // 2
+    return label[:head] + "…" + label[len(label) - (_LEGEND_CHARS - 1 - head):]
+
+
+def _legend_columns(labels: Sequence[str]) -> int:
+    """Columns of a legend below the axes: three of up to 28 characters fit the figure's width, else two."""
+    return 3 if max((len(label) for label in labels), default=0) <= 28 else 2
 
 
 def wants_log(values: Sequence[float]) -> bool:
@@ -143,10 +153,11 @@ def minify_svg(svg: str) -> str:
     return svg + "\n"
 
 
-def _row_figure(count: int) -> tuple[Any, Any]:
-    """A figure for `count` legend entries: the legend beside the axes, or below them (in three columns,
-    the figure taller) when there are more than fit beside."""
-    height = 3.8 if count <= _LEGEND_BESIDE else 3.6 + 0.16 * math.ceil(count / 3)
+def _row_figure(count: int, labels: Sequence[str] = ()) -> tuple[Any, Any]:
+    """A figure for `count` legend entries: the legend beside the axes, or below them (in two or three
+    columns, the figure taller) when there are more than fit beside."""
+    columns = _legend_columns([_short(label) for label in labels])
+    height = 3.8 if count <= _LEGEND_BESIDE else 3.6 + 0.16 * math.ceil(count / columns)
     figure, (ax,) = new_figure(height=height)
     return figure, ax
 
@@ -159,10 +170,12 @@ def _legend(ax: Any, count: int) -> None:
             loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0, frameon=False, handlelength=1.5
         )
     else:
+        handles, labels = ax.get_legend_handles_labels()
         ax.figure.legend(
-            *ax.get_legend_handles_labels(),
+            handles,
+            labels,
             loc="outside lower center",
-            ncols=3,
+            ncols=_legend_columns(labels),
             frameon=False,
             handlelength=1.5,
             columnspacing=1.2,
@@ -178,7 +191,7 @@ def tradeoff_svg(
 
     points = [s for s in series if s.x and finite(s.x[0]) and finite(s.y[0])]
     with matplotlib.rc_context(RC):
-        figure, ax = _row_figure(len(points) + 1)
+        figure, ax = _row_figure(len(points) + 1, [s.label for s in points])
         for s in points:
             err = [s.err[0]] if s.err and finite(s.err[0]) else None
             ax.errorbar(
@@ -252,7 +265,7 @@ def curves_svg(
     shown = [(label, index, [run for run in runs if run]) for label, index, runs in rows]
     shown = [entry for entry in shown if entry[2]]
     with matplotlib.rc_context(RC):
-        figure, ax = _row_figure(len(shown))
+        figure, ax = _row_figure(len(shown), [label for label, _, _ in shown])
         values = []
         for label, index, runs in shown:
             look = style(index)
@@ -291,7 +304,7 @@ def steps_svg(series: Sequence[Series], *, ylabel: str, title: str) -> str:
     import matplotlib
 
     with matplotlib.rc_context(RC):
-        figure, ax = _row_figure(len(series))
+        figure, ax = _row_figure(len(series), [s.label for s in series])
         values = []
         for s in series:
             look = style(s.index)

@@ -61,18 +61,28 @@ def _record_key(record: Mapping[str, Any]) -> tuple[str, str, str]:
 
 def short_labels(labels: list[str]) -> list[str]:
     """Row labels for legends: hyper-parameters every row that has them sets alike are left out (the
-    table shows the full labels); where that would make two labels equal, the full ones stay."""
+    table shows the full labels), and so is any other that the labels stay distinct without, the
+    longest first (`adjoint_checkpoints` where `adjoint` already tells the rows apart); where leaving out
+    even the shared ones would make two labels equal, the full ones stay."""
     parsed = [parse_label(label) for label in labels]
     values: dict[str, set[str]] = {}
     for _, params in parsed:
         for key, value in params.items():
             values.setdefault(key, set()).add(value)
-    shared = {key for key, seen in values.items() if len(seen) == 1}
-    short = [
-        name + format_params({k: _Raw(v) for k, v in params.items() if k not in shared})
-        for name, params in parsed
-    ]
-    return short if len(set(short)) == len(set(labels)) else labels
+
+    def spelt(dropped: set[str]) -> list[str]:
+        return [name + format_params({k: _Raw(v) for k, v in params.items() if k not in dropped})
+                for name, params in parsed]
+
+    distinct = len(set(labels))
+    dropped = {key for key, seen in values.items() if len(seen) == 1}
+    if len(set(spelt(dropped))) != distinct:
+        return labels
+    saved = {key: sum(len(key) + len(params[key]) + 2 for _, params in parsed if key in params) for key in values}
+    for key in sorted(set(values) - dropped, key=lambda k: (-saved[k], k)):
+        if len(set(spelt(dropped | {key}))) == distinct:
+            dropped.add(key)
+    return spelt(dropped)
 
 
 class _Raw(str):
