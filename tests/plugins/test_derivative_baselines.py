@@ -3,6 +3,7 @@ noise, the support-size rules (grid check and runtime), scratch-net's determinis
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 from typing import Any
@@ -280,7 +281,7 @@ class _Suite(SinusoidSuite):
 
     def __init__(self, **fields: Any) -> None:
         super().__init__(SinusoidConfig())
-        self.config = _Config(**{"shots": 10, "test_shots": None, "init": "torch", **fields})
+        self.config = _Config(**{**dataclasses.asdict(SinusoidConfig()), **fields})
 
 
 @pytest.mark.parametrize(("name", "hparams", "config", "reason"), [
