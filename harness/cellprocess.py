@@ -442,9 +442,9 @@ def _worker(conn: Any, load_args: dict[str, Any], cell_dict: dict[str, Any], sup
             outcome["reason"] = (f"out of memory: the cell exceeded its memory_limit of {cell.budget.memory_limit} "
                                  f"MiB ({limit}): {outcome['reason']}")
     except BaseException as exc:  # noqa: BLE001 - report anything rather than dying silently
-        from harness.storage import portable_traceback
+        from harness.storage import portable_text, portable_traceback
 
-        outcome = {"status": "failed", "reason": f"{type(exc).__name__}: {exc}", "result": {},
+        outcome = {"status": "failed", "reason": portable_text(f"{type(exc).__name__}: {exc}"), "result": {},
                    "environment": {}, "traceback": portable_traceback(traceback.format_exc())}
     try:
         conn.send(outcome)

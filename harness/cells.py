@@ -11,7 +11,7 @@ from typing import Any
 
 import harness
 from harness.results import SCHEMA_VERSION, fingerprint
-from harness.specs import MEASUREMENT_STEPS_KEY, Cell, check_steps, config_dict, params_dict, resolve_params
+from harness.specs import MEASUREMENT_STEPS_KEY, Cell, check_steps, config_dict, resolve_params
 
 FAILED_STATUSES = ("failed", "timeout", "diverged")
 
@@ -47,7 +47,7 @@ def resolve_cell(cell: Cell, registry: Any) -> dict[str, Any]:
         "plugins": plugins,
     }
     if measurements:  # only then: a cell without measurements keeps the configuration it always had
-        config["measurements"] = [{"name": name, "options": params_dict(options), "steps": steps}
+        config["measurements"] = [{"name": name, "options": config_dict(options), "steps": steps}
                                   for name, options, steps in measurements]
         code_version["measurements"] = {reg.spec.name: reg.spec.version for reg in m_regs}
     neutral = set(s_reg.spec.episode_neutral)

@@ -24,7 +24,7 @@ from harness.measure import Stopwatch, mean_ci95
 from harness.measuring import Measuring
 from harness.results import capture_environment
 from harness.specs import Cell, TaskBatch
-from harness.storage import portable_paths, portable_traceback
+from harness.storage import portable_paths, portable_text, portable_traceback
 
 if TYPE_CHECKING:
     import torch
@@ -173,7 +173,7 @@ def harness_run_cell(cell: Cell, context: CellContext) -> dict[str, Any]:
                 since_best = 0
             else:
                 since_best += 1
-        if out_of_time:
+        if out_of_time and iteration < budget.iterations:
             stopped_by = "time_limit"
             break
         if budget.patience is not None and since_best >= budget.patience and iteration < budget.iterations:
@@ -335,7 +335,8 @@ def execute_cell(cell: Cell, registry: Any) -> dict[str, Any]:
     except Diverged as exc:
         outcome.update(status="diverged", reason=str(exc), result=exc.partial)
     except Exception as exc:
-        outcome.update(status="failed", reason=f"{type(exc).__name__}: {exc}", traceback=portable_traceback(traceback.format_exc()))
+        outcome.update(status="failed", reason=portable_text(f"{type(exc).__name__}: {exc}"),
+                       traceback=portable_traceback(traceback.format_exc()))
     if not outcome["environment"]:
         outcome["environment"] = capture_environment()
     return outcome

@@ -570,7 +570,13 @@ def config_dict(params: Any) -> dict[str, Any]:
     fields that are at their defaults."""
     out = params_dict(params)
     for f in dataclasses.fields(params):
-        at_default = f.default is not dataclasses.MISSING and getattr(params, f.name) == f.default
+        if f.default is not dataclasses.MISSING:
+            default = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        else:
+            continue
+        at_default = getattr(params, f.name) == default
         if f.metadata.get("added_later") and at_default:
             del out[f.name]
     return out

@@ -2,7 +2,7 @@
 suite's own option), cache files written whole or not at all, load-or-build, and file digests.
 
 Public API for suite authors: bundled and third-party suites resolve their folders here, so one variable
-moves every suite's data, and records spell those roots portably (`runner.portable_paths`).
+moves every suite's data, and records spell those roots portably (`portable_paths`, `portable_text`, `portable_traceback`).
 """
 
 from __future__ import annotations
@@ -111,26 +111,46 @@ def portable_paths(value: Any) -> Any:
     return value
 
 
+def portable_text(text: str) -> str:
+    """`text` (an error message) with the data, cache and home folders spelt as `portable_paths` spells
+    them wherever they occur in it, so the message can be published in a record."""
+    roots = [(os.environ.get(env, ""), f"${env}") for env in (DATA_ENV, CACHE_ENV)]
+    roots.append((str(Path.home()), "~"))
+    forms = []
+    for root, name in roots:
+        root = root.rstrip("/")
+        if root and root != "/":
+            forms += [(form, name) for form in dict.fromkeys((root, os.path.realpath(root)))]
+    for root, name in sorted(forms, key=lambda pair: -len(pair[0])):  # the deepest folder first
+        text = re.sub(re.escape(root) + r"(?=/|\b|$)", lambda _: name, text)
+    return text
+
+
 def portable_traceback(text: str) -> str:
-    """A traceback whose file names do not say where this installation lives, so a failed cell's record can
-    be published: a frame in a loaded module is spelt by the module's name (`harness/runner.py`,
-    `metaharness_plugins/analysis/_sensitivity.py`, `torch/nn/modules/module.py`), any other file as
-    `portable_paths` spells it, or as `.../name.py` when that is still absolute."""
-    files: dict[str, str] = {}
-    for name, module in list(sys.modules.items()):
-        path = getattr(module, "__file__", None)
-        if not isinstance(path, str) or not path:
-            continue
-        tail = "/__init__.py" if Path(path).name == "__init__.py" else Path(path).suffix
-        files[path] = files[os.path.realpath(path)] = name.replace(".", "/") + tail
+    """A traceback that does not say where this installation lives, so a failed cell's record can be
+    published: a frame in a loaded module is spelt by the module's name (`harness/runner.py`,
+    `metaharness_plugins/analysis/_sensitivity.py`, `torch/nn/modules/module.py`), any other frame's file as
+    `portable_paths` spells it or as `.../name.py`; the data, cache and home folders elsewhere in the text
+    (the exception's message) as `portable_text` spells them. Never raises: on any error (it runs in
+    exception handlers, perhaps out of memory) the text comes back as it was."""
+    try:
+        files: dict[str, str] = {}
+        for name, module in list(sys.modules.items()):
+            path = getattr(module, "__file__", None)
+            if not isinstance(path, str) or not path:
+                continue
+            tail = "/__init__.py" if Path(path).name == "__init__.py" else Path(path).suffix
+            files[path] = files[os.path.realpath(path)] = name.replace(".", "/") + tail
 
-    def spell(match: re.Match[str]) -> str:
-        path = match.group(1)
-        known = files.get(path) or files.get(os.path.realpath(path))
-        if known is None:
-            known = portable_paths(path)
-            if os.path.isabs(known):  # no module and no portable root: the file's name alone
-                known = f".../{Path(path).name}"
-        return f'File "{known}"'
+        def spell(match: re.Match[str]) -> str:
+            path = match.group(2)
+            known = files.get(path) or files.get(os.path.realpath(path))
+            if known is None:
+                known = portable_paths(path)
+                if os.path.isabs(known):  # no module and no portable root: the file's name alone
+                    known = f".../{Path(path).name}"
+            return f'{match.group(1)}"{known}"'
 
-    return re.sub(r'File "([^"]+)"', spell, text)
+        return portable_text(re.sub(r'(?m)^(\s+File )"([^"]+)"', spell, text))
+    except Exception:  # noqa: BLE001 - a record with the raw text beats no record
+        return text

@@ -10,8 +10,8 @@ import pytest
 from harness.cells import run_one
 from harness.registry import build_plugin_manager
 from harness.specs import Budget, Cell
-from tests.fixtures import fewshot_images
 from metaharness_plugins.fewshot.omniglot_runs_build import write_runs
+from tests.fixtures import fewshot_images
 from tests.plugins.helpers import DATA
 
 REGISTRY = build_plugin_manager(entry_points=False)

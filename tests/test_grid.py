@@ -28,6 +28,12 @@ def test_shipped_grids_expand(registry):
     assert {c.algorithm for c in by_suite.pop("derivatives")} == {"maml", "metasgd", "fd-central", "spline"}
     assert {c.algorithm for c in by_suite.pop("metaopt")} == {"lstm-optimizer", "adam"}
     assert not by_suite
+    mapping = load_grid("mapping", registry)
+    assert len(mapping.cells) == 72 and mapping.executor == "local"
+    assert {c.suite for c in mapping.cells} == {"sinusoid", "linear-regression"}
+    glyphs = load_grid("glyphs", registry)
+    assert len(glyphs.cells) == 48 and {c.budget.patience for c in glyphs.cells} == {5}
+    assert {c.algorithm for c in glyphs.cells} >= {"snail", "mann", "siamese", "hypernet"}
     full = load_grid("full", registry)
     assert {c.algorithm for c in full.cells} == set(registry.algorithms)
     assert {c.seed for c in full.cells} == {0, 1, 2}

@@ -126,6 +126,8 @@ def test_labels_and_rows_match_whatever_the_label_shows():
            "solver=rk4]", "ode[adjoint=True,adjoint_checkpoints=True,solver=rk4]"]
     assert short_labels(ode) == ["ode[adjoint=False,solver=euler]", "ode[adjoint=False,solver=rk4]",
                                  "ode[adjoint=True,solver=rk4]"]
+    # ... but no row is cut to a bare name that would read as the defaults.
+    assert short_labels(["m[a=1,b=1]", "m[a=2,b=1]", "m[b=2]"]) == ["m[a=1,b=1]", "m[a=2,b=1]", "m[b=2]"]
 
 
 def test_minified_svg_draws_the_same_text_and_is_valid_xml():

@@ -62,7 +62,8 @@ def _record_key(record: Mapping[str, Any]) -> tuple[str, str, str]:
 def short_labels(labels: list[str]) -> list[str]:
     """Row labels for legends: hyper-parameters every row that has them sets alike are left out (the
     table shows the full labels), and so is any other that the labels stay distinct without, the
-    longest first (`adjoint_checkpoints` where `adjoint` already tells the rows apart); where leaving out
+    longest first (`adjoint_checkpoints` where `adjoint` already tells the rows apart), unless a row would
+    be left with its bare name (it would read as the defaults); where leaving out
     even the shared ones would make two labels equal, the full ones stay."""
     parsed = [parse_label(label) for label in labels]
     values: dict[str, set[str]] = {}
@@ -80,7 +81,10 @@ def short_labels(labels: list[str]) -> list[str]:
         return labels
     saved = {key: sum(len(key) + len(params[key]) + 2 for _, params in parsed if key in params) for key in values}
     for key in sorted(set(values) - dropped, key=lambda k: (-saved[k], k)):
-        if len(set(spelt(dropped | {key}))) == distinct:
+        trial = dropped | {key}
+        # Never down to a bare name a row did not have: `m` would read as the defaults.
+        bare = any(params and not set(params) - trial for _, params in parsed)
+        if not bare and len(set(spelt(trial))) == distinct:
             dropped.add(key)
     return spelt(dropped)
 

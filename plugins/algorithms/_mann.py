@@ -51,7 +51,8 @@ class MANNNet(nn.Module):
                 # reads carry the matching slot's content and its gradient (a flat read averages every
                 # slot, and learning waits, sometimes for thousands of episodes, to leave that state).
                 with torch.no_grad():
-                    self.interface.bias.view(heads, -1)[:, width + 1] = math.log(math.expm1(key_strength))
+                    # softplus^-1(k) = k + log(1 - e^-k), finite for every k > 0 (log(expm1(k)) overflows)
+                    self.interface.bias.view(heads, -1)[:, width + 1] = key_strength + math.log(-math.expm1(-key_strength))
         self.out = nn.Linear(controller + reads, ways)
 
     def initial(self, batch: int, ways: int, like: Tensor) -> State:

@@ -45,8 +45,8 @@ def input_jacobian_norms(predictor: Any, x: Tensor) -> Tensor | None:
                                           allow_unused=True)
             rows.append((torch.zeros_like(point) if grad is None else grad).reshape(len(point), -1))
     jacobians = torch.stack(rows, dim=1).to(_exact(x.device))  # [n, outputs, inputs]
-    # An adaptation that blew up leaves non-finite Jacobians: those points' norms are NaN (the summary
-    # counts finite values only), the others' are measured.
+    # An adaptation that blew up leaves non-finite Jacobians: those points' norms are NaN, and so are the
+    # episode's mean and max (the cell's summary counts finite values only); no SVD of them is attempted.
     finite = torch.isfinite(jacobians).flatten(1).all(1)
     norms = torch.full((len(jacobians),), math.nan, dtype=jacobians.dtype, device=jacobians.device)
     if bool(finite.any()):

@@ -81,8 +81,8 @@ PINNED: dict[str, str] = {
 def roots(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Data for every suite: the Omniglot small sets, twenty runs from small set 2, fabricated image sets."""
     require_omniglot()
-    from tests.fixtures.fewshot_images import WRITERS
     from metaharness_plugins.fewshot.omniglot_runs_build import write_runs
+    from tests.fixtures.fewshot_images import WRITERS
 
     base = tmp_path_factory.mktemp("episodes")
     runs = base / "all_runs"

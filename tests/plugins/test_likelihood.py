@@ -3,6 +3,8 @@ blank columns for point predictors, the options, registration, and a real CNP ce
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pluggy
 import pytest
@@ -53,6 +55,20 @@ def test_nll_and_coverage_equal_scipys_on_fixed_numbers() -> None:
     assert out["coverage_0.95"] == np.mean(residuals <= z95) == 0.75
 
 
+def test_vector_outputs_sum_over_dimensions_and_bad_predictions_give_nan() -> None:
+    mean, std = torch.zeros(3, 2, dtype=torch.float64), torch.full((3, 2), 2.0, dtype=torch.float64)
+    y = torch.tensor([[0.5, -1.0], [3.0, 0.0], [1.0, 1.0]], dtype=torch.float64)
+    out = GaussianNLL(GaussianNLLOptions(coverage=[0.5]), None).measure(
+        Predictor(Gaussian(), (mean, std)), torch.zeros(3, 1), y, torch.Generator())
+    per_point = -stats.norm.logpdf(y.numpy(), scale=2.0).sum(axis=1)  # as the CNP's training loss
+    assert out["nll"] == pytest.approx(per_point.mean(), rel=1e-12)
+    assert out["coverage_0.5"] == np.mean(np.abs(y.numpy()) <= 2.0 * stats.norm.ppf(0.75))
+    for bad_mean, bad_std in ((torch.full((3, 2), math.nan), std), (mean, torch.zeros(3, 2))):
+        values = GaussianNLL(GaussianNLLOptions(coverage=[0.5]), None).measure(
+            Predictor(Gaussian(), (bad_mean.double(), bad_std)), torch.zeros(3, 1), y, torch.Generator())
+        assert set(values) == {"nll", "coverage_0.5"} and all(math.isnan(v) for v in values.values())
+
+
 def test_point_predictors_leave_the_columns_out_and_shapes_are_checked() -> None:
     assert _measure(Points(), [0.0], [1.0], [0.0]) == {}
     predictor = Predictor(Gaussian(), (torch.zeros(3, 1), torch.ones(3)))
@@ -62,8 +78,9 @@ def test_point_predictors_leave_the_columns_out_and_shapes_are_checked() -> None
 
 
 def test_columns_and_options() -> None:
-    columns = GaussianNLL(GaussianNLLOptions(coverage=[0.9]), None).columns()
-    assert columns == {"nll": ("NLL (nats)", False), "coverage_0.9": ("coverage of the 90% interval", None)}
+    columns = GaussianNLL(GaussianNLLOptions(coverage=[0.9, 0.995]), None).columns()
+    assert columns == {"nll": ("NLL (nats)", False), "coverage_0.9": ("coverage of the 90% interval", None),
+                       "coverage_0.995": ("coverage of the 99.5% interval", None)}
     assert GaussianNLLOptions(coverage=[]).coverage == ()
     for bad, message in (([1.0], "strictly between 0 and 1"), ([0.5, 0.5], "distinct"), ("0.5", "a list of"),
                          ([True], "a list of")):
@@ -94,4 +111,4 @@ def test_a_cnp_cell_gets_its_likelihood_and_maml_blank_columns(registry) -> None
     assert all(entry["n"] == 20 for entry in columns.values())
     assert np.isfinite(columns["nll"]["mean"]) and 0 <= columns["coverage_0.5"]["mean"] <= 1
     assert columns["coverage_0.5"]["mean"] <= columns["coverage_0.95"]["mean"]
-    assert all(entry["n"] == 0 for entry in (maml["measurements"] or {}).values())
+    assert not maml["measurements"]  # a point predictor: no column has a value

@@ -20,6 +20,8 @@ from PIL import Image  # noqa: E402
 
 from harness import UsageError  # noqa: E402
 from harness.grid import load_grid  # noqa: E402
+from metaharness_plugins.fewshot import omniglot_runs_build  # noqa: E402
+from metaharness_plugins.fewshot.omniglot_runs_build import RunTruth, write_runs  # noqa: E402
 from metaharness_plugins.fewshot.omniglot_runs_files import parse_class_labels, read_runs  # noqa: E402
 from metaharness_plugins.suites.omniglot_runs import (  # noqa: E402
     OmniglotRunsConfig,
@@ -27,8 +29,6 @@ from metaharness_plugins.suites.omniglot_runs import (  # noqa: E402
     background_splits,
     check_runs,
 )
-from metaharness_plugins.fewshot import omniglot_runs_build  # noqa: E402
-from metaharness_plugins.fewshot.omniglot_runs_build import RunTruth, write_runs  # noqa: E402
 from tests.conftest import run_cli  # noqa: E402
 from tests.plugins.helpers import DATA, require_omniglot  # noqa: E402
 
