@@ -67,15 +67,27 @@ def defines_hooks(path: Path) -> list[str]:
 def violations(core: dict[str, Path], plugins: dict[str, Path], plugin_modules: set[str]) -> list[str]:
     """What breaks the rules, one line each."""
     known = set(plugins) | set(core)
+    # A plugin's implementation module (`_snail.py` beside `snail.py`) belongs to that plugin: another
+    # plugin importing it is importing the plugin.
+    owner = {module: module for module in plugin_modules}
+    for module in plugin_modules:
+        package, _, name = module.rpartition(".")
+        if f"{package}._{name}" in plugins:
+            owner[f"{package}._{name}"] = module
     found = []
     for module, path in core.items():
         for name in sorted(imported(path, module, known)):
             if name == PACKAGE or name.startswith(PACKAGE + "."):
                 found.append(f"{path}: the core imports the bundled plugin package ({name})")
     for module, path in plugins.items():
-        for name in sorted(imported(path, module, known) & plugin_modules - {module}):
+        names = imported(path, module, known)
+        for name in sorted(names & plugin_modules - {module}):
             kind = "plugin" if module in plugin_modules else "helper"
             found.append(f"{path}: {kind} module {module} imports plugin module {name}")
+        for name in sorted(n for n in names - plugin_modules if n in owner and owner[n] != owner.get(module)):
+            kind = "plugin" if module in owner else "helper"
+            found.append(f"{path}: {kind} module {module} imports {name}, the implementation of plugin "
+                         f"{owner[name]}; shared code belongs in a helper module")
         if module in plugin_modules:
             heavy = sorted(n for n in imported_at_import(path) if n == "torch" or n.startswith("torch."))
             if heavy:
@@ -117,4 +129,6 @@ def test_the_check_finds_each_kind_of_violation(tmp_path: Path) -> None:
     assert "helper module metaharness_plugins.helper defines hooks harness_configure" in text
     assert "plugin module metaharness_plugins.suites.b imports torch.nn; keep that in _b.py" in text
     assert "helper module metaharness_plugins.suites._b imports plugin module metaharness_plugins.suites.b" in text
-    assert len(found) == 6  # b importing the helper, _b and _c importing torch or each other, are allowed
+    assert ("helper module metaharness_plugins.suites._c imports metaharness_plugins.suites._b, the "
+            "implementation of plugin metaharness_plugins.suites.b") in text
+    assert len(found) == 7  # b importing the helper, _b and _c importing torch, are allowed

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from metaharness_plugins.algorithms._snail import SequenceLearner
+from metaharness_plugins.fewshot.sequence import SequenceLearner
 
 State = dict[str, Tensor]
 

@@ -20,12 +20,12 @@ from metaharness_plugins.algorithms import snail as snail_module
 from metaharness_plugins.algorithms._snail import (
     AttentionBlock,
     DenseBlock,
-    SequenceLearner,
     SNAILNet,
     dense_blocks,
 )
 from metaharness_plugins.algorithms.snail import SNAIL, SNAILHparams
 from metaharness_plugins.backends.cpu import CPUBackend
+from metaharness_plugins.fewshot.sequence import SequenceLearner
 from tests.plugins.helpers import TinySuite
 
 SMALL = {"tc_filters": 6, "key_size": 4, "value_size": 3}
