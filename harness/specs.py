@@ -314,6 +314,15 @@ class Budget:
         if self.patience is not None and not 1 <= self.patience <= MAX_ITERATIONS:
             raise ValueError(f"patience must be a number of validations from 1 to {MAX_ITERATIONS:,} (meta-training "
                              f"stops after that many in a row without improvement), got {self.patience!r}")
+        if self.patience is not None:
+            # The first validation sets the best; a stop needs `patience` more before the last iteration.
+            before_last = (self.iterations - 1) // self.val_interval
+            if before_last < self.patience + 1:
+                raise ValueError(
+                    f"patience {self.patience} can never stop meta-training early: {self.iterations:,} iterations "
+                    f"validated every {self.val_interval:,} hold {before_last} validation(s) before the last "
+                    f"iteration, and a stop needs {self.patience + 1} (the first, then {self.patience} without "
+                    f"improvement); raise iterations, or lower val_interval or patience")
         if not 0 <= self.test_seed <= MAX_SEED:
             raise ValueError(f"test_seed must be an integer from 0 to {MAX_SEED:,}, got {self.test_seed!r}")
         if self.threads is not None and not 1 <= self.threads <= MAX_THREADS:

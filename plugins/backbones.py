@@ -1,4 +1,5 @@
-"""The conv4 backbone the bundled image suites share (a helper module, not a plugin).
+"""The conv4 backbone the bundled image suites share, and the regression MLPs' non-linearities (a helper
+module, not a plugin).
 
 conv4 is the 4 x [3x3 conv, batch norm, ReLU, 2x2 max-pool] network of Finn et al. 2017 (MAML, section
 5.2) and Snell et al. 2017 (ProtoNets, section 3.2), flattened into a linear classifier. Batch norm uses
@@ -12,6 +13,13 @@ cbfinn/maml `max_pool=False`).
 from __future__ import annotations
 
 from torch import nn
+
+_ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "softplus": nn.Softplus}  # keys: regression.ACTIVATIONS
+
+
+def activation(name: str) -> nn.Module:
+    """A new module of the non-linearity `name` (one of `metaharness_plugins.regression.ACTIVATIONS`)."""
+    return _ACTIVATIONS[name]()
 
 
 def conv4(in_channels: int, filters: int, ways: int, image_size: int, pool: bool = True) -> nn.Sequential:

@@ -1,8 +1,10 @@
-"""Helpers shared by the K-shot regression suites (sinusoid, derivatives): episode sizes and their checks.
+"""Helpers shared by the K-shot regression plugins (sinusoid, derivatives, cnp): episode sizes, the MLPs'
+non-linearities, and their checks.
 
 A plain module: no hooks, no torch. A suite's config dataclass subclasses `EpisodeSizes` (fields `shots`,
 `test_shots`, `query`, `test_query` stay its own, so their defaults and documentation do too) and calls
-`check_sizes` from its `__post_init__`.
+`check_sizes` from its `__post_init__`. An `activation` option takes one of `ACTIVATIONS`, checked by
+`check_activation`; `metaharness_plugins.backbones.activation` builds the module.
 """
 
 from __future__ import annotations
@@ -12,6 +14,15 @@ from typing import Any
 from harness.specs import SPLITS
 
 MAX_POINTS = 100_000  # support or query points per task: far past any study, short of exhausting memory
+# The regression MLPs' hidden non-linearities: the papers' ReLU, or a smooth one (whose second derivative
+# is not zero, and under which the loss is smooth in the parameters).
+ACTIVATIONS = ("relu", "tanh", "softplus")
+
+
+def check_activation(value: object) -> None:
+    """A ValueError unless `value` names one of ACTIVATIONS."""
+    if value not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {', '.join(ACTIVATIONS)}, got {value!r}")
 
 
 def check_count(name: str, value: object, low: int, need: str) -> None:

@@ -70,6 +70,9 @@ GRIDS = [
     ("memory_limit 0", {"budget": "memory_limit = 0\n"}, [], "memory_limit must be a number of MiB from 1"),
     ("patience 0", {"budget": "patience = 0\n"}, [], "patience must be a number of validations from 1"),
     ("patience 2.5", {"budget": "patience = 2.5\n"}, [], "parameter 'patience' got 2.5, expected int"),
+    ("patience never stops", {"budget": "iterations = 400\nval_interval = 100\npatience = 3\n"}, [],
+     "patience 3 can never stop meta-training early: 400 iterations validated every 100 hold 3 validation(s) "
+     "before the last iteration, and a stop needs 4"),
     ("unknown budget key", {"budget": "iteration = 3\n"}, [], "unknown parameter of budget 'iteration'. Did you mean 'iterations'?"),
     ("seeds [-1]", {"top": "seeds = [-1]"}, [], "key 'seeds': seed -1 is out of range; seeds are integers from 0 to"),
     ("seeds [0, 0]", {"top": "seeds = [0, 0]"}, [], "seed 0 is listed twice"),

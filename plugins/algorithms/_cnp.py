@@ -12,8 +12,7 @@ from torch import Tensor, nn
 
 from harness import TaskBatch, TaskSuite
 from harness.functional import GradientAlgorithm
-
-_ACTIVATION = {"relu": nn.ReLU, "tanh": nn.Tanh, "softplus": nn.Softplus}
+from metaharness_plugins import backbones
 
 
 def mlp(inputs: int, widths: list[int], activation: str) -> nn.Sequential:
@@ -22,7 +21,7 @@ def mlp(inputs: int, widths: list[int], activation: str) -> nn.Sequential:
     for i, width in enumerate(widths):
         layers.append(nn.Linear(inputs if i == 0 else widths[i - 1], width))
         if i < len(widths) - 1:
-            layers.append(_ACTIVATION[activation]())
+            layers.append(backbones.activation(activation))
     return nn.Sequential(*layers)
 
 

@@ -25,8 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from harness import AlgorithmSpec, check_ranges, forward_attributes, hookimpl
-
-ACTIVATIONS = ("relu", "tanh", "softplus")
+from metaharness_plugins.regression import check_activation
 
 
 @dataclass(frozen=True)
@@ -59,8 +58,7 @@ class CNPHparams:
     def __post_init__(self) -> None:
         check_ranges(self, at_least_one=("hidden", "encoder_layers", "meta_batch_size"),
                      non_negative=("decoder_layers",), positive=("meta_lr",))
-        if self.activation not in ACTIVATIONS:
-            raise ValueError(f"activation must be one of {', '.join(ACTIVATIONS)}, got {self.activation!r}")
+        check_activation(self.activation)
         if not 0 <= self.min_std < 1:
             raise ValueError(f"min_std must be in [0, 1) (the floor of the predicted standard deviation), "
                              f"got {self.min_std!r}")

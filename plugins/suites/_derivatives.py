@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from harness import TaskBatch, TaskSuite
 from harness.base import Predictor
+from metaharness_plugins.backbones import activation
 
 HIDDEN = 40  # Finn et al. 2017, section 5.1: a regressor with 2 hidden layers of 40 units
 #: Floor of the variance that the normalised metric divides by. Every family's derivatives vary over the
@@ -291,10 +292,9 @@ class DerivativesSuite(TaskSuite):
     def build_model(self) -> nn.Module:
         """The MAML paper's 1-40-40-1 regressor with a smooth non-linearity (tanh by default), so that the
         adapted network's derivatives with respect to its input mean something."""
-        def act() -> nn.Module:
-            return {"tanh": nn.Tanh, "softplus": nn.Softplus, "relu": nn.ReLU}[self.config.activation]()
-
-        return nn.Sequential(nn.Linear(1, HIDDEN), act(), nn.Linear(HIDDEN, HIDDEN), act(),
+        name = self.config.activation
+        return nn.Sequential(nn.Linear(1, HIDDEN), activation(name),
+                             nn.Linear(HIDDEN, HIDDEN), activation(name),
                              nn.Linear(HIDDEN, 1))
 
     def loss(self, prediction: Tensor, target: Tensor) -> Tensor:

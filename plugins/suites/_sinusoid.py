@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from harness import TaskBatch, TaskSuite
+from metaharness_plugins.backbones import activation
 
 # Section 5.1 of the MAML paper: amplitude in [0.1, 5.0], phase in [0, pi], inputs drawn uniformly
 # from [-5.0, 5.0] at training and at test time.
@@ -18,7 +19,6 @@ PHASE_RANGE = (0.0, math.pi)
 INPUT_RANGE = (-5.0, 5.0)
 HIDDEN = 40  # section 5.1: the regressor has 2 hidden layers of size 40 with ReLU nonlinearities
 INIT_STD = 0.01  # weight initialisation of the authors' released code (see build_model)
-ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "softplus": nn.Softplus}  # the `activation` option
 
 
 def _uniform(shape: tuple[int, ...], low: float, high: float, generator: torch.Generator) -> torch.Tensor:
@@ -62,12 +62,12 @@ class SinusoidSuite(TaskSuite):
         at two standard deviations, biases zero. The default, `init="torch"`, keeps PyTorch's
         initialisation, under which every bundled algorithm (Reptile included) learns quickly.
         """
-        activation = ACTIVATIONS[self.config.activation]
+        name = self.config.activation
         model = nn.Sequential(
             nn.Linear(1, HIDDEN),
-            activation(),
+            activation(name),
             nn.Linear(HIDDEN, HIDDEN),
-            activation(),
+            activation(name),
             nn.Linear(HIDDEN, 1),
         )
         for layer in model if self.config.init == "maml" else ():

@@ -45,11 +45,10 @@ import math
 from dataclasses import dataclass
 
 from harness import TaskSuiteSpec, forward_attributes, hookimpl
-from metaharness_plugins.regression import EpisodeSizes, check_sizes
+from metaharness_plugins.regression import EpisodeSizes, check_activation, check_sizes
 
 FAMILIES = ("polynomial", "sinusoids", "composition", "black-scholes", "oscillator")
 METRICS = ("normalized", "mse")
-ACTIVATIONS = ("tanh", "softplus", "relu")
 ORDERS = (1, 2)
 
 
@@ -82,8 +81,7 @@ class DerivativesConfig(EpisodeSizes):
             raise ValueError(f"family must be one of {', '.join(FAMILIES)}, got {self.family!r}")
         if self.metric not in METRICS:
             raise ValueError(f"metric must be one of {', '.join(METRICS)}, got {self.metric!r}")
-        if self.activation not in ACTIVATIONS:
-            raise ValueError(f"activation must be one of {', '.join(ACTIVATIONS)}, got {self.activation!r}")
+        check_activation(self.activation)
         if self.order not in ORDERS or isinstance(self.order, bool):
             raise ValueError(f"order must be 1 (f') or 2 (f' and f''), got {self.order!r}")
         if self.order == 2 and self.activation == "relu":

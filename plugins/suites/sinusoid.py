@@ -12,13 +12,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from harness import ADDED_LATER, TaskSuiteSpec, forward_attributes, hookimpl
-from metaharness_plugins.regression import EpisodeSizes, check_sizes
+from metaharness_plugins.regression import EpisodeSizes, check_activation, check_sizes
 
 # "torch": PyTorch's default nn.Linear initialisation; "maml": the MAML release's (see build_model).
 INITS = ("torch", "maml")
-# The hidden layers' non-linearity: the paper's ReLU, or a smooth one (the loss is then smooth in the
-# parameters, and a gradient flow over them, ode-maml's inner loop, has a continuous vector field).
-ACTIVATIONS = ("relu", "tanh", "softplus")
 
 
 @dataclass(frozen=True)
@@ -41,8 +38,9 @@ class SinusoidConfig(EpisodeSizes):
     def __post_init__(self) -> None:
         if self.init not in INITS:
             raise ValueError(f"init must be one of {', '.join(INITS)}, got {self.init!r}")
-        if self.activation not in ACTIVATIONS:
-            raise ValueError(f"activation must be one of {', '.join(ACTIVATIONS)}, got {self.activation!r}")
+        # The paper's ReLU, or a smooth one: the loss is then smooth in the parameters, and a gradient flow
+        # over them (ode-maml's inner loop) has a continuous vector field.
+        check_activation(self.activation)
         check_sizes(self)
 
 

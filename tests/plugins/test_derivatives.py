@@ -266,7 +266,7 @@ def test_unknown_split_is_rejected() -> None:
     ({"query": 1}, r"query must be an integer from 2 to 100,000 \(the normalized metric needs a variance"),
     ({"test_query": 0}, r"test_query must be an integer from 2 to 100,000"),
     ({"metric": "mae"}, "metric must be one of normalized, mse, got 'mae'"),
-    ({"activation": "gelu"}, "activation must be one of tanh, softplus, relu, got 'gelu'"),
+    ({"activation": "gelu"}, "activation must be one of relu, tanh, softplus, got 'gelu'"),
     ({"activation": "relu", "order": 2}, "activation='relu' cannot be scored with order=2"),
 ])
 def test_config_errors(override: dict[str, Any], message: str) -> None:
