@@ -85,7 +85,7 @@ class HyperNetHparams:
     heads: int = 4
     conv_filters: int = 32
     hypergradient: str = "reverse"
-    checkpoint: bool = False
+    checkpoint: bool = field(default=False, metadata=RESULT_NEUTRAL)  # the same gradient, recomputed
     inner_steps: int = 0
     test_steps: int | None = None
     inner_lr: float = 0.01
