@@ -39,7 +39,7 @@ test-all: $(STAMP)
 
 # The HTML report of the published grids (report/index.html; works offline, from file://).
 report: $(STAMP)
-	$(BIN)/harness report --grid sinusoid-paper --grid omniglot-small --grid mapping --grid memory-steps
+	$(BIN)/harness report --grid sinusoid-paper --grid omniglot-small --grid omniglot-runs --grid mapping --grid memory-steps
 
 # Rebuild learn2learn 0.2.0 from its sdist (set-up already does this once; see scripts/install_learn2learn.py).
 learn2learn: $(STAMP)
