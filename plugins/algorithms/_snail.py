@@ -12,6 +12,14 @@ from torch import Tensor, nn
 
 from metaharness_plugins.fewshot.sequence import SequenceLearner
 
+# --- SNAIL's building blocks -------------------------------------------------------------------------
+# Each block maps a sequence [B, T, C] to [B, T, C + added] (its output concatenated onto its input, the
+# paper's dense connections), causally: position t reads positions <= t only. `tail` computes the next
+# position after a prefix for many candidates at once: `prefix` [B, S, C_final] is the network's last
+# features of the prefix, whose first C channels are this block's input there (dense concatenation keeps
+# every block's input as the leading channels of everything after it); `x` [B, Q, C] holds Q candidates
+# for position S, each independent of the others.
+
 
 class DenseBlock(nn.Module):
     """DenseBlock(dilation, filters): a kernel-2 causal convolution of the positions t - dilation and t,

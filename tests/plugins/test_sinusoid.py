@@ -154,6 +154,18 @@ def test_a_smooth_activation_changes_the_model_not_the_episodes_nor_old_fingerpr
     assert cells["relu"]["seeds"]["test"] == cells["tanh"]["seeds"]["test"]  # the same test episodes
 
 
+def test_every_accepted_activation_builds_its_own_module() -> None:
+    # The names the configs accept (regression.ACTIVATIONS) and the modules backbones builds are one list.
+    from metaharness_plugins.backbones import activation
+    from metaharness_plugins.regression import ACTIVATIONS
+
+    built = {name: type(activation(name)) for name in ACTIVATIONS}
+    assert built == {"relu": nn.ReLU, "tanh": nn.Tanh, "softplus": nn.Softplus}
+    for name in ACTIVATIONS:
+        model = SinusoidSuite(SinusoidConfig(activation=name)).build_model()
+        assert sum(isinstance(m, built[name]) for m in model) == 2
+
+
 def test_loss_and_metric_are_mse(suite: SinusoidSuite) -> None:
     prediction = torch.tensor([[1.0], [2.0], [4.0]])
     target = torch.tensor([[1.0], [0.0], [1.0]])
