@@ -18,7 +18,11 @@ on a 2-core CPU shared with other jobs. Two kinds of entries:
   the GFLOP/s each achieves, the roof measured at that thread count (a 64-to-64 3x3 convolution of a
   batch of 160 14x14 maps, the bulk of conv4's work, default and channels-last layouts), and how far
   each float32 meta-gradient is from the float64 one (the native's fast path and its plain
-  `functional_call` path both).
+  `functional_call` path both), and where the time goes: `torch.profiler`'s share of each
+  implementation's operator time spent in convolution kernels (forward and backward), times its median,
+  gives `<name>_conv_s`; `native_conv_floor_over_l2l`, the native's convolution time over l2l-maml's
+  whole meta-iteration, is the ratio the native could reach if batch norm, pooling, ReLU, the
+  element-wise work and autograd itself cost nothing.
 
 Skipped when the Omniglot small sets are not found ($HARNESS_DATA, else the shared data folder beside
 the repository) or learn2learn is not installed. These are measurements, not tests: nothing here
@@ -54,6 +58,9 @@ ALGORITHMS = {"maml": NATIVE, "l2l-maml": HPARAMS, "tm-maml": HPARAMS, "higher-m
               "torchopt-maml": HPARAMS}
 THREADS = (1, 2)
 ROUNDS = 15  # side by side: rounds of each
+#: The ATen operators that run convolution kernels on the CPU (oneDNN forward; every backward).
+CONV_KERNELS = {"aten::mkldnn_convolution", "aten::convolution_backward", "aten::_slow_conv2d_forward",
+                "aten::_slow_conv2d_backward", "aten::thnn_conv2d"}
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 REGISTRY = build_plugin_manager(entry_points=False)
 
@@ -106,6 +113,18 @@ def _conv_roof() -> dict[str, float]:
         xf, wf = x.contiguous(memory_format=fmt), w.contiguous(memory_format=fmt)
         roof[f"conv_roof_gflops_{layout}"] = flops / _median_seconds(lambda xf=xf, wf=wf: F.conv2d(xf, wf, padding=1)) / 1e9
     return roof
+
+
+def _conv_share(step: Callable[[], Any], rounds: int = 3) -> float:
+    """The fraction of the operators' own (self) CPU time that convolution kernels take in `step`."""
+    step()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        for _ in range(rounds):
+            step()
+    events = prof.key_averages()
+    total = sum(e.self_cpu_time_total for e in events)
+    conv = sum(e.self_cpu_time_total for e in events if e.key in CONV_KERNELS)
+    return conv / total
 
 
 def _deviation(grads: dict[str, torch.Tensor], reference: dict[str, torch.Tensor]) -> float:
@@ -165,5 +184,10 @@ def test_side_by_side(benchmark, episodes: tuple[OmniglotSuite, TaskBatch], thre
         info[f"{name}_median_s"] = median
         info[f"{name}_gflops"] = flops / median / 1e9
     info["native_over_l2l"] = info["maml_median_s"] / info["l2l-maml_median_s"]
+    for name in ("maml", "l2l-maml"):
+        share = _conv_share(lambda algo=algos[name]: algo.meta_train_step(batch))
+        info[f"{name}_conv_share"] = share
+        info[f"{name}_conv_s"] = share * info[f"{name}_median_s"]
+    info["native_conv_floor_over_l2l"] = info["maml_conv_s"] / info["l2l-maml_median_s"]
     info["native_plain_over_l2l"] = info["maml-plain_median_s"] / info["l2l-maml_median_s"]
     benchmark.extra_info.update(info)

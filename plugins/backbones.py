@@ -1,5 +1,5 @@
-"""The conv4 backbone the bundled image suites share, and the regression MLPs' non-linearities (a helper
-module, not a plugin).
+"""The conv4 backbone the bundled image suites share, the regression MLPs' non-linearities, and the plain
+MLP builder of the model-based learners (a helper module, not a plugin).
 
 conv4 is the 4 x [3x3 conv, batch norm, ReLU, 2x2 max-pool] network of Finn et al. 2017 (MAML, section
 5.2) and Snell et al. 2017 (ProtoNets, section 3.2), flattened into a linear classifier. Batch norm uses
@@ -20,6 +20,17 @@ _ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "softplus": nn.Softplus}  # ke
 def activation(name: str) -> nn.Module:
     """A new module of the non-linearity `name` (one of `metaharness_plugins.regression.ACTIVATIONS`)."""
     return _ACTIVATIONS[name]()
+
+
+def mlp(inputs: int, widths: list[int], activation: str = "relu") -> nn.Sequential:
+    """Linear layers of the given `widths` on `inputs` features, the non-linearity `activation` between
+    them (none after the last)."""
+    layers: list[nn.Module] = []
+    for i, width in enumerate(widths):
+        layers.append(nn.Linear(inputs if i == 0 else widths[i - 1], width))
+        if i < len(widths) - 1:
+            layers.append(_ACTIVATIONS[activation]())
+    return nn.Sequential(*layers)
 
 
 def conv4(in_channels: int, filters: int, ways: int, image_size: int, pool: bool = True) -> nn.Sequential:

@@ -1,5 +1,5 @@
-"""Helpers shared by the K-shot regression plugins (sinusoid, derivatives, cnp): episode sizes, the MLPs'
-non-linearities, and their checks.
+"""Helpers shared by the K-shot regression plugins (sinusoid, derivatives, cnp, alpaca): episode sizes,
+the MLPs' non-linearities, and their checks.
 
 A plain module: no hooks, no torch. A suite's config dataclass subclasses `EpisodeSizes` (fields `shots`,
 `test_shots`, `query`, `test_query` stay its own, so their defaults and documentation do too) and calls
@@ -23,6 +23,16 @@ def check_activation(value: object) -> None:
     """A ValueError unless `value` names one of ACTIVATIONS."""
     if value not in ACTIVATIONS:
         raise ValueError(f"activation must be one of {', '.join(ACTIVATIONS)}, got {value!r}")
+
+
+def check_second_derivatives(algorithm: str, activation: str, suite: str, config: Any) -> str:
+    """An `AlgorithmSpec.check` message when `suite` scores second derivatives (`order` 2) of a learner's
+    own ReLU network, whose second derivative in x is zero everywhere it exists; '' otherwise."""
+    order = getattr(config, "order", 1)
+    if order >= 2 and activation == "relu":
+        return (f"suite {suite!r} scores second derivatives (order {order}) and a ReLU network's are zero; "
+                f"set {algorithm}'s activation to 'tanh' or 'softplus'")
+    return ""
 
 
 def check_count(name: str, value: object, low: int, need: str) -> None:

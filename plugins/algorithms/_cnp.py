@@ -15,16 +15,6 @@ from harness.functional import GradientAlgorithm
 from metaharness_plugins import backbones
 
 
-def mlp(inputs: int, widths: list[int], activation: str) -> nn.Sequential:
-    """Linear layers of the given widths with `activation` between them (none after the last)."""
-    layers: list[nn.Module] = []
-    for i, width in enumerate(widths):
-        layers.append(nn.Linear(inputs if i == 0 else widths[i - 1], width))
-        if i < len(widths) - 1:
-            layers.append(backbones.activation(activation))
-    return nn.Sequential(*layers)
-
-
 def gaussian_nll(mean: Tensor, std: Tensor, target: Tensor) -> Tensor:
     """-log N(target; mean, diag(std^2)) per point (summed over the output's last dimension), averaged
     over the points and any leading dimensions: 0.5 log(2 pi) + log std + (target - mean)^2 / (2 std^2)."""
@@ -41,8 +31,8 @@ class CNPNet(nn.Module):
                  activation: str, min_std: float) -> None:
         super().__init__()
         self.min_std = min_std
-        self.encoder = mlp(x_dim + y_dim, [hidden] * encoder_layers, activation)
-        self.decoder = mlp(hidden + x_dim, [hidden] * decoder_layers + [2 * y_dim], activation)
+        self.encoder = backbones.mlp(x_dim + y_dim, [hidden] * encoder_layers, activation)
+        self.decoder = backbones.mlp(hidden + x_dim, [hidden] * decoder_layers + [2 * y_dim], activation)
 
     def represent(self, x: Tensor, y: Tensor) -> Tensor:
         """r = mean_i h(x_i, y_i): [..., hidden], the same for any order of the context points."""

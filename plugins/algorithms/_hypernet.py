@@ -15,19 +15,12 @@ from torch.utils._pytree import tree_leaves, tree_map
 
 from harness import TaskBatch, split_classifier
 from harness.functional import GradientAlgorithm, Params, detached, gradients, inner_loop, snapshot
+from metaharness_plugins import backbones
 
 #: Forward-mode directions evaluated at once (one vmapped jvp each): bounds the tangents held in memory.
 FORWARD_CHUNK = 256
 AFFINE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
-
-
-def mlp(*widths: int) -> nn.Sequential:
-    """Linear layers of the given widths with ReLU between them (none after the last)."""
-    layers: list[nn.Module] = []
-    for i, (a, b) in enumerate(zip(widths, widths[1:])):
-        layers += [nn.Linear(a, b)] + ([nn.ReLU()] if i < len(widths) - 2 else [])
-    return nn.Sequential(*layers)
 
 
 class ConvFeatures(nn.Module):
@@ -55,8 +48,8 @@ class DeepSets(nn.Module):
 
     def __init__(self, inputs: int, hidden: int, latent: int) -> None:
         super().__init__()
-        self.phi = nn.Sequential(mlp(inputs, hidden, hidden), nn.ReLU())
-        self.rho = mlp(hidden, hidden, latent)
+        self.phi = nn.Sequential(backbones.mlp(inputs, [hidden, hidden]), nn.ReLU())
+        self.rho = backbones.mlp(hidden, [hidden, latent])
 
     def forward(self, pairs: Tensor, groups: Tensor | None = None) -> Tensor:
         h = self.phi(pairs)

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from harness import AlgorithmSpec, check_ranges, forward_attributes, hookimpl
-from metaharness_plugins.regression import check_activation
+from metaharness_plugins.regression import check_activation, check_second_derivatives
 
 
 @dataclass(frozen=True)
@@ -66,10 +66,7 @@ class CNPHparams:
 
 def check(hparams: CNPHparams, suite: str, config: Any) -> str:
     """'' unless a suite scores second derivatives (`order` 2) of a ReLU decoder, which are zero."""
-    if getattr(config, "order", 1) >= 2 and hparams.activation == "relu":
-        return (f"suite {suite!r} scores second derivatives (order {config.order}) and a ReLU decoder's are "
-                f"zero; set cnp's activation to 'tanh' or 'softplus'")
-    return ""
+    return check_second_derivatives("cnp", hparams.activation, suite, config)
 
 
 @hookimpl
