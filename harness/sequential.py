@@ -129,7 +129,8 @@ class _BatchNorm(torch.autograd.Function):
         invstd = torch.rsqrt((centred * centred).mean(0) - shift * shift + eps)
         scale = w * invstd
         n, channels, height, width = x.shape
-        y = torch.addcmul(b - shift * scale, centred, scale).view(n, height, width, channels).permute(0, 3, 1, 2)
+        y = torch.addcmul(b - shift * scale, centred, scale)
+        y = y.view(n, height, width, channels).permute(0, 3, 1, 2)
         ctx.save_for_backward(x, w, mean, invstd)
         ctx.eps = eps
         return y
