@@ -1,5 +1,5 @@
 """The conv4 backbone the bundled image suites share, the regression MLPs' non-linearities, and the plain
-MLP builder of the model-based learners (a helper module, not a plugin).
+MLP builder and episode widths of the model-based regression learners (a helper module, not a plugin).
 
 conv4 is the 4 x [3x3 conv, batch norm, ReLU, 2x2 max-pool] network of Finn et al. 2017 (MAML, section
 5.2) and Snell et al. 2017 (ProtoNets, section 3.2), flattened into a linear classifier. Batch norm uses
@@ -12,6 +12,9 @@ cbfinn/maml `max_pool=False`).
 
 from __future__ import annotations
 
+from typing import Any
+
+import torch
 from torch import nn
 
 _ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "softplus": nn.Softplus}  # keys: regression.ACTIVATIONS
@@ -20,6 +23,19 @@ _ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh, "softplus": nn.Softplus}  # ke
 def activation(name: str) -> nn.Module:
     """A new module of the non-linearity `name` (one of `metaharness_plugins.regression.ACTIVATIONS`)."""
     return _ACTIVATIONS[name]()
+
+
+def regression_widths(suite: Any, algorithm: str) -> tuple[int, int, torch.dtype]:
+    """(x width, y width, dtype) of a regression suite's episodes, read from one training episode drawn
+    with a generator of its own (the cell's random streams are untouched): what a learner that builds its
+    own network, not the suite's model, sizes it by. A TypeError, naming `algorithm`, unless the episodes
+    are shaped [tasks, points, features]."""
+    probe = suite.sample(1, torch.Generator().manual_seed(0), "train")
+    if probe.support_x.dim() != 3 or probe.support_y.dim() != 3:
+        raise TypeError(f"{algorithm} needs regression episodes shaped [tasks, points, features]; the suite "
+                        f"gave support_x {tuple(probe.support_x.shape)} and support_y "
+                        f"{tuple(probe.support_y.shape)}")
+    return probe.support_x.shape[-1], probe.support_y.shape[-1], probe.support_x.dtype
 
 
 def mlp(inputs: int, widths: list[int], activation: str = "relu") -> nn.Sequential:

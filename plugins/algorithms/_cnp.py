@@ -56,16 +56,10 @@ class CNP(GradientAlgorithm):
     """
 
     def __init__(self, hparams: Any, model: nn.Module, suite: TaskSuite, backend: Any) -> None:
-        # The widths of x and y come from one training episode, drawn with a generator of its own so the
-        # cell's random streams are untouched; the suite's model (an MLP from x to y) is not used.
-        probe = suite.sample(1, torch.Generator().manual_seed(0), "train")
-        if probe.support_x.dim() != 3 or probe.support_y.dim() != 3:
-            raise TypeError(f"cnp needs regression episodes shaped [tasks, points, features]; the suite gave "
-                            f"support_x {tuple(probe.support_x.shape)} and support_y "
-                            f"{tuple(probe.support_y.shape)}")
-        x_dim, y_dim = probe.support_x.shape[-1], probe.support_y.shape[-1]
+        # The suite's own model is not used: the widths of x and y size this learner's network.
+        x_dim, y_dim, dtype = backbones.regression_widths(suite, "cnp")
         net = CNPNet(x_dim, y_dim, hparams.hidden, hparams.encoder_layers, hparams.decoder_layers,
-                     hparams.activation, hparams.min_std).to(probe.support_x.dtype)
+                     hparams.activation, hparams.min_std).to(dtype)
         super().__init__(hparams, net, suite, backend)
         self.net = self.model
         self.x_dim, self.y_dim = x_dim, y_dim

@@ -1,8 +1,10 @@
-"""Helpers shared by the algorithm plugins' tests: a tiny classification suite and the real Omniglot data."""
+"""Helpers shared by the algorithm plugins' tests: a tiny classification suite, the real Omniglot data, and
+a finite-difference check of a meta-gradient."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -20,6 +22,26 @@ def require_omniglot() -> None:
     """Skip the calling test when the real Omniglot small sets are not beside the repository."""
     if not all((DATA / name).is_file() for name in ARCHIVES):
         pytest.skip(f"the Omniglot small background sets are not in {DATA}")
+
+
+def assert_meta_gradient_matches_central_differences(algo: Any, batch: TaskBatch, h: float = 1e-6) -> int:
+    """Every entry of `algo.meta_gradient(batch)` (float64) against (L(p + h) - L(p - h)) / 2h of
+    `algo.meta_loss(batch)`, one meta-parameter entry at a time; returns how many entries were checked."""
+    _, grads = algo.meta_gradient(batch)
+    checked = 0
+    with torch.no_grad():
+        for name, param in algo.meta_parameters().items():
+            flat = param.view(-1)
+            for i in range(flat.numel()):
+                saved = float(flat[i])
+                flat[i] = saved + h
+                up = float(algo.meta_loss(batch))
+                flat[i] = saved - h
+                down = float(algo.meta_loss(batch))
+                flat[i] = saved
+                assert grads[name].view(-1)[i].item() == pytest.approx((up - down) / (2 * h), rel=1e-5, abs=1e-8)
+                checked += 1
+    return checked
 
 
 class TinySuite(TaskSuite):

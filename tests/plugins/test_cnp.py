@@ -23,6 +23,7 @@ from metaharness_plugins.algorithms.cnp import CNP, CNPHparams, check
 from metaharness_plugins.backends.cpu import CPUBackend
 from metaharness_plugins.suites.derivatives import DerivativesConfig
 from metaharness_plugins.suites.sinusoid import SinusoidConfig, SinusoidSuite
+from tests.plugins.helpers import assert_meta_gradient_matches_central_differences
 
 TINY = {"hidden": 4, "encoder_layers": 2, "decoder_layers": 1}
 
@@ -71,21 +72,7 @@ def test_loss_gradient_matches_central_finite_differences() -> None:
     """Every entry of d loss / d meta-parameters, float64, against (L(p + h) - L(p - h)) / 2h."""
     algo = _algo(activation="tanh", **TINY)
     batch = _batch(algo.suite, 2)
-    _, grads = algo.meta_gradient(batch)
-    h, checked = 1e-6, 0
-    with torch.no_grad():
-        for name, param in algo.meta_parameters().items():
-            flat = param.view(-1)
-            for i in range(flat.numel()):
-                saved = float(flat[i])
-                flat[i] = saved + h
-                up = float(algo.meta_loss(batch))
-                flat[i] = saved - h
-                down = float(algo.meta_loss(batch))
-                flat[i] = saved
-                central = (up - down) / (2 * h)
-                assert grads[name].view(-1)[i].item() == pytest.approx(central, rel=1e-5, abs=1e-8)
-                checked += 1
+    checked = assert_meta_gradient_matches_central_differences(algo, batch)
     assert checked == algo.num_parameters() > 50
 
 
