@@ -55,8 +55,7 @@ def test_batch_norm_first_and_second_derivatives(layout: str) -> None:
 def test_batch_norm_statistics_are_accurate_in_float32_channels_last() -> None:
     """Maps whose mean is far from zero relative to their spread (a first layer on images): in float32 and
     channels-last the normalised output is as close to float64's as PyTorch's default-layout batch norm
-    (whose kernel sums in two passes; its channels-last CPU kernel is less accurate, and second-order
-    meta-gradients amplify that)."""
+    (its channels-last CPU kernel is less accurate, and second-order meta-gradients amplify that)."""
     torch.manual_seed(2)
     x = (3.0 + 0.05 * torch.randn(5, 64, 28, 28)).contiguous(memory_format=torch.channels_last)
     w, b = torch.rand(64) + 0.5, torch.randn(64)
