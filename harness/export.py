@@ -65,7 +65,8 @@ def record_row(record: Mapping[str, Any], file: str = "", current: bool | None =
             "execution.shared_with": execution.get("shared_with")}
     row |= {f"env.{key}": _scalar(env.get(key)) for key in
             ("python", "torch", "cuda", "cudnn", "harness", "platform", "machine", "gpu", "date")}
-    row |= {"env.cpu_model": cpu.get("model"), "env.logical_cpus": cpu.get("logical_cpus"),
+    row |= {"env.cpu_model": cpu.get("model"), "env.cpu_isa": cpu.get("isa"), "env.blas": cpu.get("blas"),
+            "env.logical_cpus": cpu.get("logical_cpus"),
             "env.usable_cpus": cpu.get("usable_cpus"), "env.torch_threads": cpu.get("torch_threads"),
             "env.git_sha": git.get("sha"), "env.git_dirty": git.get("dirty")}
     row |= _flat("env.packages", env.get("packages")) | _flat("code", record.get("code_version"))

@@ -22,7 +22,7 @@ from typing import Any
 from harness import episode_values, interrupts
 from harness.errors import UsageError
 from harness.files import atomic_write, atomic_write_text, check_output_dir
-from harness.results import ResultStore
+from harness.results import ResultStore, kind_differences, machine_kind
 
 #: Where a merge keeps a source's grid definition whose text differs from the target's (not read as a grid).
 GRID_CONFLICTS_FOLDER = "merge-conflicts"
@@ -34,19 +34,12 @@ def record_id(record: Mapping[str, Any]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:20]
 
 
-def device_kind(record: Mapping[str, Any]) -> tuple[str, str, Any]:
-    """(GPU name or CPU model, torch version, torch threads): records of one cell and fingerprint made on
-    the same kind have identical numbers (the harness seeds everything and runs deterministically), so
-    different numbers there are a conflict; on different kinds they may legitimately differ."""
-    env = record.get("environment") or {}
-    cpu = env.get("cpu") or {}
-    device = str(env.get("gpu") or cpu.get("model") or "?")
-    return (device, str(env.get("torch") or "?"), cpu.get("torch_threads"))
-
-
-def describe_kind(kind: tuple[str, str, Any]) -> str:
-    """`AMD EPYC, torch 2.4.1, 1 thread(s)`."""
-    return f"{kind[0]}, torch {kind[1]}, {kind[2]} thread(s)"
+def describe_kind(record: Mapping[str, Any]) -> str:
+    """The record's `machine_kind`: `AMD EPYC (AVX512, openblas 0.3.23 Haswell), torch 2.4.1, 1 thread(s)`."""
+    kind = machine_kind(record.get("environment") or {})
+    kernels = ", ".join(str(kind[key]) for key in ("cpu isa", "blas") if kind[key])
+    return (f"{kind['device'] or '?'}{f' ({kernels})' if kernels else ''}, torch {kind['torch'] or '?'}, "
+            f"{kind['torch threads']} thread(s)")
 
 
 def numbers(record: Mapping[str, Any]) -> dict[str, Any]:
@@ -117,7 +110,8 @@ class MergeReport:
                 f"{len(self.grid_conflicts)} conflicting")
 
 
-#: Records that must agree: (cell id, fingerprint, device kind) -> [(where it is, record)].
+#: Records of one cell and configuration: (cell id, fingerprint) -> [(where it is, record)]; those made on
+#: the same machine kind must agree.
 _Groups = dict[tuple[Any, ...], list[tuple[str, dict[str, Any]]]]
 
 
@@ -153,7 +147,8 @@ def merge_stores(sources: list[Path], into: Path, *, dry_run: bool = False) -> M
     """Copy every record of `sources` that `into` lacks (by `record_id`) and the grid definitions they keep.
 
     Nothing in `into` is replaced or removed. A record of the same cell and fingerprint as another, made
-    on the same `device_kind`, that reports different `numbers` is a conflict: it is still copied (both
+    on the same kind of machine (`harness.results.machine_kind`: records made there have identical numbers,
+    the harness seeds everything and runs deterministically), that reports different `numbers` is a conflict: it is still copied (both
     are kept, the leaderboard uses the newest) and reported naming both files. Unreadable source files
     are reported and skipped. A source's grid whose text differs from the target's grid of that name is
     kept in `.grids/merge-conflicts/` (the target's stays the one leaderboards read). `dry_run` writes
@@ -205,19 +200,21 @@ def _write_new(dest: Path, data: bytes, taken: set[Path]) -> Path:
 
 def _group(groups: _Groups, where: str, record: dict[str, Any]) -> None:
     if record.get("status") == "ok" and record.get("fingerprint"):
-        groups[(record["cell_id"], record["fingerprint"], device_kind(record))].append((where, record))
+        groups[(record["cell_id"], record["fingerprint"])].append((where, record))
 
 
 def _conflicts(groups: _Groups, where: str, record: dict[str, Any]) -> list[str]:
     """A line naming the first record merged so far that disagrees with `record` on the same cell,
-    fingerprint and device kind (the others would say the same about the same cell); [] when none does."""
+    fingerprint and kind of machine (the others would say the same about the same cell); [] when none does."""
     if record.get("status") != "ok" or not record.get("fingerprint"):
         return []
-    kind = device_kind(record)
-    for other_where, other in groups.get((record["cell_id"], record["fingerprint"], kind), []):
+    env = record.get("environment") or {}
+    for other_where, other in groups.get((record["cell_id"], record["fingerprint"]), []):
+        if kind_differences(other.get("environment") or {}, env):
+            continue
         difference = first_difference(other, record)
         if difference:
-            return [f"{record['cell_id']} (fingerprint {record['fingerprint'][:12]}, {describe_kind(kind)}): "
+            return [f"{record['cell_id']} (fingerprint {record['fingerprint'][:12]}, {describe_kind(record)}): "
                     f"{difference}: {other_where} and {where}; both kept"]
     return []
 

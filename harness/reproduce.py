@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.errors import UsageError
-from harness.results import ResultStore
+from harness.results import ResultStore, kind_differences
 from harness.specs import Cell
 
 #: The relative tolerance on another kind of machine, when `--tolerance` is not given.
@@ -43,13 +43,6 @@ def differences(old: Mapping[str, Any], new: Mapping[str, Any], skip: set[str] =
     a, b = flatten(old), flatten(new)
     return [f"{key}: {a.get(key, '(absent)')!r} (record) -> {b.get(key, '(absent)')!r} (now)"
             for key in sorted(set(a) | set(b)) if key not in skip and a.get(key) != b.get(key)]
-
-
-def machine_kind(environment: Mapping[str, Any]) -> dict[str, Any]:
-    """What must be equal for a re-run to give identical numbers: CPU model, torch threads, torch, GPU."""
-    cpu = environment.get("cpu") or {}
-    return {"cpu model": cpu.get("model"), "torch threads": cpu.get("torch_threads"),
-            "torch": environment.get("torch"), "gpu": environment.get("gpu")}
 
 
 def _close(old: float | None, new: float | None, tolerance: float) -> bool:
@@ -178,14 +171,14 @@ def rebuild(record: Mapping[str, Any], registry: Any) -> tuple[Cell, dict[str, A
 def reproduce(record: Mapping[str, Any], registry: Any, *, tolerance: float | None = None,
               in_process: bool = False) -> Reproduction:
     """Re-run `record`'s cell under the loaded plugins and compare its numbers with the record's: exactly
-    on the same machine kind (`machine_kind`), else within `tolerance` (default DEFAULT_TOLERANCE); a given
+    on the same machine kind (`harness.results.machine_kind`), else within `tolerance` (default DEFAULT_TOLERANCE); a given
     `tolerance` applies everywhere."""
     from harness.cells import run_one
 
     cell, resolved, changes = rebuild(record, registry)
     new = run_one(cell, registry, in_process=in_process, resolved=resolved)
     old_env, new_env = record.get("environment") or {}, new.get("environment") or {}
-    same_kind = machine_kind(old_env) == machine_kind(new_env)
+    same_kind = not kind_differences(old_env, new_env)
     tol = tolerance if tolerance is not None else 0.0 if same_kind else DEFAULT_TOLERANCE
     out = Reproduction(False, new, tol, changes, differences(old_env, new_env, _VOLATILE))
     if new["status"] != "ok":
@@ -200,10 +193,8 @@ def _comparison(result: Reproduction, record: Mapping[str, Any], asked: float | 
     if asked is not None:
         return f"relative tolerance {asked:g} (--tolerance)"
     if result.tolerance == 0:
-        return "identical numbers required (same CPU model, torch threads, torch version and GPU)"
-    old = machine_kind(record.get("environment") or {})
-    new = machine_kind(result.record.get("environment") or {})
-    differ = ", ".join(key for key in old if old[key] != new[key])
+        return "identical numbers required (same GPU or CPU model and kernels, torch version and threads)"
+    differ = ", ".join(kind_differences(record.get("environment") or {}, result.record.get("environment") or {}))
     return f"relative tolerance {result.tolerance:g} (another kind of machine: {differ} differ)"
 
 

@@ -66,6 +66,47 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def cpu_kernels() -> dict[str, str | None]:
+    """Which kernels compute on this CPU: the instruction set torch's CPU kernels dispatch to (`isa`) and
+    the BLAS that numpy and scipy call, with the core type it chose (`blas`). Virtual machines that report
+    one CPU model name can differ in these, and so in the last bits of float results; None when unknown."""
+    import torch
+
+    isa = blas = None
+    with contextlib.suppress(Exception):
+        isa = torch.backends.cpu.get_cpu_capability()
+    with contextlib.suppress(Exception):  # only loaded libraries are seen: import the two that call a BLAS
+        import numpy  # noqa: F401
+        import scipy.linalg  # noqa: F401
+        import threadpoolctl
+
+        pools = {" ".join(str(pool.get(key)) for key in ("internal_api", "version", "architecture"))
+                 for pool in threadpoolctl.threadpool_info() if pool.get("user_api") == "blas"}
+        blas = ", ".join(sorted(pools)) or None
+    return {"isa": isa, "blas": blas}
+
+
+#: `machine_kind` fields that records written before they were recorded lack: compared only when both
+#: sides know them.
+_KIND_RECORDED_LATER = ("cpu isa", "blas")
+
+
+def machine_kind(environment: Mapping[str, Any]) -> dict[str, Any]:
+    """What must be equal for a re-run to give identical numbers: GPU or CPU model and the CPU's kernels,
+    torch version and threads."""
+    cpu = environment.get("cpu") or {}
+    return {"device": environment.get("gpu") or cpu.get("model"), "cpu isa": cpu.get("isa"),
+            "blas": cpu.get("blas"), "torch": environment.get("torch"), "torch threads": cpu.get("torch_threads")}
+
+
+def kind_differences(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[str]:
+    """The `machine_kind` fields on which two environments differ (a field an older record lacks is
+    not compared)."""
+    ka, kb = machine_kind(a), machine_kind(b)
+    return [key for key in ka if ka[key] != kb[key]
+            and not (key in _KIND_RECORDED_LATER and (ka[key] is None or kb[key] is None))]
+
+
 def _git(args: list[str], cwd: Path) -> str | None:
     try:
         proc = subprocess.run(
@@ -123,6 +164,7 @@ def _static_environment() -> dict[str, Any]:
         "packages": {name: _dist_version(name) for name in ("numpy", "pandas", "pluggy", "tabulate")},
         "plugins": plugin_distributions(),
         "cpu_model": cpu_model(),
+        "cpu_kernels": cpu_kernels(),
         "git": git_state(),
     }
 
@@ -148,6 +190,7 @@ def capture_environment(backend_info: Mapping[str, Any] | None = None) -> dict[s
     static = dict(_STATIC_ENVIRONMENT if _STATIC_ENVIRONMENT is not None else _static_environment())
     info = dict(backend_info or {})
     cpu = static.pop("cpu_model")
+    kernels = static.pop("cpu_kernels")
     git = static.pop("git")
     gpu = info.get("gpu") or info.get("gpu_name")
     if not gpu and info.get("device_name") and info.get("device_name") != cpu:
@@ -157,6 +200,7 @@ def capture_environment(backend_info: Mapping[str, Any] | None = None) -> dict[s
         **static,
         "cpu": {
             "model": cpu,
+            **kernels,
             "logical_cpus": os.cpu_count(),
             "usable_cpus": affinity,
             "torch_threads": torch.get_num_threads(),

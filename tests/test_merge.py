@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from harness.grid import load_grid
-from harness.merge import device_kind, record_id
-from harness.results import ResultStore
+from harness.merge import record_id
+from harness.results import ResultStore, kind_differences
 from harness.session import run_grid
 from tests.conftest import run_main as harness
 
@@ -146,10 +146,28 @@ def test_different_numbers_on_another_kind_of_machine_are_no_conflict(stores, tm
     other = dict(stores["tampered"])
     env = other["environment"]
     other["environment"] = {**env, "cpu": {**env["cpu"], "model": "Other CPU"}}
-    assert device_kind(other) != device_kind(stores["a_maml"][1])
+    assert kind_differences(other["environment"], stores["a_maml"][1]["environment"]) == ["device"]
     ResultStore(tmp_path / "elsewhere").write(other)
     code, out, err = harness(tmp_path, capsys, "merge", str(stores["a"]), "elsewhere", "--into", "m")
     assert code == 0 and "copied 3 record(s)" in out and "0 conflict(s)" in out and "conflict:" not in err
+
+
+def test_the_cpu_kernels_are_part_of_the_machine_kind(stores, tmp_path, capsys):
+    # One CPU model name, other kernels (a VM on another core type): different numbers are no conflict.
+    # A record from before the kernels were recorded is compared as if they were the same.
+    env = stores["tampered"]["environment"]
+    assert env["cpu"]["isa"] and env["cpu"]["blas"]  # recorded by this harness
+    elsewhere = {**stores["tampered"], "environment": {**env, "cpu": {**env["cpu"], "blas": "openblas 0.3 Zen"}}}
+    older = {**stores["tampered"], "environment": {**env, "cpu": {k: v for k, v in env["cpu"].items()
+                                                                   if k not in ("isa", "blas")}}}
+    assert kind_differences(elsewhere["environment"], stores["a_maml"][1]["environment"]) == ["blas"]
+    assert kind_differences(older["environment"], stores["a_maml"][1]["environment"]) == []
+    ResultStore(tmp_path / "elsewhere").write(elsewhere)
+    code, out, err = harness(tmp_path, capsys, "merge", str(stores["a"]), "elsewhere", "--into", "m")
+    assert code == 0 and "0 conflict(s)" in out and "conflict:" not in err
+    ResultStore(tmp_path / "older").write(older)
+    code, out, err = harness(tmp_path, capsys, "merge", "older", "--into", "m")
+    assert code == 1 and "1 conflict(s)" in out and f"({env['cpu']['isa']}, {env['cpu']['blas']})" not in err
 
 
 @pytest.mark.parametrize(("args", "message"), [

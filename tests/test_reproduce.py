@@ -61,7 +61,7 @@ def test_a_real_cell_reproduces_exactly_here_and_the_store_is_not_written(stored
     assert out.rstrip().endswith("REPRODUCED") and "NOT REPRODUCED" not in out
     assert f"reproducing {CELL}" in out
     assert "re-running it in its own process; the new record is not written" in out
-    assert "identical numbers required (same CPU model, torch threads, torch version and GPU)" in out
+    assert "identical numbers required (same GPU or CPU model and kernels, torch version and threads)" in out
     assert f"{record['metric']['mean']!r} (record) vs {record['metric']['mean']!r} (now), difference 0" in out
     assert "per-step means: all 11 match" in out
     assert "per-episode values: all 55 match (11 steps x 5 episodes)" in out
@@ -101,7 +101,7 @@ def test_another_kind_of_machine_gets_the_tolerance_and_the_differences_listed(s
     tampered_store(tmp_path / "near", other)
     code, out, _ = harness(tmp_path, capsys, "reproduce", CELL, "--results", "near", "--in-process")
     assert code == 0, out
-    assert "relative tolerance 0.001 (another kind of machine: cpu model, torch differ)" in out
+    assert "relative tolerance 0.001 (another kind of machine: device, torch differ)" in out
     assert "cpu.model: 'Another CPU 9000' (record) -> " in out and "torch: '1.0.0' (record) -> " in out
     far = copy.deepcopy(other)
     far["metric"]["mean"] = record["metric"]["mean"] * (1 + 1e-2)
