@@ -13,6 +13,18 @@ from harness.functional import GradientAlgorithm
 from metaharness_plugins import backbones
 
 
+def _precision_cholesky(phi: Tensor, prior: Tensor) -> Tensor:
+    """The Cholesky factor of Lambda_n = Phi^T Phi + Lambda0 [..., n, n]. Lambda_n is positive definite, but
+    in float32 a large Phi^T Phi over a small prior rounds to an indefinite matrix (meta-learning rates of
+    0.003 and above reached it on the derivatives suite): those are formed and factorised again in float64.
+    Where float32 factorises, its factor is kept exactly."""
+    factor, info = torch.linalg.cholesky_ex(phi.mT @ phi + prior)
+    if phi.dtype != torch.float64 and bool((info != 0).any()):
+        wide = phi.double()
+        factor = torch.linalg.cholesky(wide.mT @ wide + prior.double()).to(phi.dtype)
+    return factor
+
+
 class ALPaCANet(nn.Module):
     """Features phi and the prior MN(K0, Lambda0^-1, Sigma) over the last layer, batched over any leading
     dimensions: context [..., k, x_dim] and [..., k, y_dim], targets [..., m, x_dim]."""
@@ -37,7 +49,7 @@ class ALPaCANet(nn.Module):
         """(K_n [..., n, y_dim], the Cholesky factor of Lambda_n [..., n, n]) given the context (x, y)."""
         phi = self.features(x)
         precision = self.prior_precision()
-        cholesky = torch.linalg.cholesky(phi.mT @ phi + precision)
+        cholesky = _precision_cholesky(phi, precision)
         mean = torch.cholesky_solve(phi.mT @ y + precision @ self.prior_mean, cholesky)
         return mean, cholesky
 

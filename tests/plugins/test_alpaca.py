@@ -123,6 +123,29 @@ def test_the_posterior_predictive_is_the_conditional_of_the_joint_gaussian() -> 
     assert np.all(np.linalg.eigvalsh(np.linalg.inv(prior_cov)) > 0)
 
 
+def test_a_posterior_that_float32_cannot_factorise_is_factorised_in_float64() -> None:
+    """Collinear features of size 1e3 over a prior precision of 1e-7: Lambda_n is positive definite but
+    float32 rounds it to an indefinite matrix. The posterior is still computed, as in float64."""
+    from metaharness_plugins.algorithms._alpaca import ALPaCANet
+
+    net = ALPaCANet(1, 1, hidden=4, layers=1, features=3, activation="tanh").float()
+    with torch.no_grad():
+        net.prior_log_diag.fill_(-8.0)
+    net.features = nn.Sequential(nn.Linear(1, 3))
+    with torch.no_grad():
+        net.features[0].weight.copy_(torch.tensor([[1e3], [1e3 + 1e-2], [1e3 - 1e-2]]))
+        net.features[0].bias.zero_()
+    x, y = torch.linspace(-1, 1, 5).unsqueeze(-1), torch.randn(5, 1, generator=torch.Generator().manual_seed(0))
+    phi = net.features(x)
+    _, info = torch.linalg.cholesky_ex(phi.mT @ phi + net.prior_precision())
+    assert int(info) != 0  # the case this test is about: float32 fails
+    mean, cholesky = net.posterior(x, y)
+    net64 = net.double()
+    mean64, cholesky64 = net64.posterior(x.double(), y.double())
+    assert mean.dtype == cholesky.dtype == torch.float32 and torch.isfinite(mean).all()
+    assert torch.allclose(cholesky.double(), cholesky64, rtol=1e-4, atol=1e-3)
+
+
 def test_loss_gradient_matches_central_finite_differences() -> None:
     """Every entry of d loss / d meta-parameters (features, K0, Lambda0's factor, the noise), float64."""
     algo = _algo(activation="tanh", **TINY)
