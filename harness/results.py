@@ -69,7 +69,9 @@ def cpu_model() -> str:
 def cpu_kernels() -> dict[str, str | None]:
     """Which kernels compute on this CPU: the instruction set torch's CPU kernels dispatch to (`isa`) and
     the BLAS that numpy and scipy call, with the core type it chose (`blas`). Virtual machines that report
-    one CPU model name can differ in these, and so in the last bits of float results; None when unknown."""
+    one CPU model name can differ in these, and so in the last bits of float results; None when unknown.
+    Only the BLAS shipped inside numpy's and scipy's wheels count: other packages load their own copies,
+    and which of them a process has loaded must not change what a record says about the machine."""
     import torch
 
     isa = blas = None
@@ -81,9 +83,15 @@ def cpu_kernels() -> dict[str, str | None]:
         import threadpoolctl
 
         pools = {" ".join(str(pool.get(key)) for key in ("internal_api", "version", "architecture"))
-                 for pool in threadpoolctl.threadpool_info() if pool.get("user_api") == "blas"}
+                 for pool in threadpoolctl.threadpool_info()
+                 if pool.get("user_api") == "blas" and _ships_with_numpy_or_scipy(pool.get("filepath") or "")}
         blas = ", ".join(sorted(pools)) or None
     return {"isa": isa, "blas": blas}
+
+
+def _ships_with_numpy_or_scipy(path: str) -> bool:
+    """Whether a loaded library lies in numpy's or scipy's own folders (`numpy.libs`, `scipy/.libs`...)."""
+    return any(part.split(".")[0] in ("numpy", "scipy") for part in Path(path).parent.parts[-2:])
 
 
 #: `machine_kind` fields that records written before they were recorded lack: compared only when both

@@ -15,6 +15,7 @@ from harness.results import (
     STATUSES,
     ResultStore,
     capture_environment,
+    cpu_kernels,
     fingerprint,
     slugify,
 )
@@ -287,3 +288,12 @@ def test_capture_environment_keys_and_json() -> None:
 def test_capture_environment_without_git(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PATH", "/nonexistent")
     assert capture_environment()["git"] is None
+
+
+def test_the_recorded_cpu_kernels_do_not_depend_on_what_else_is_loaded():
+    """scs (qpth's solver, MetaOptNet's SVM head) loads an OpenBLAS of its own: a process that imported it
+    must describe the same machine as one that did not, or reproduce and merge would see two kinds."""
+    before = cpu_kernels()
+    assert before["isa"] and before["blas"] and "openblas" in before["blas"]
+    pytest.importorskip("scs")
+    assert cpu_kernels() == before
