@@ -148,8 +148,9 @@ def merge_stores(sources: list[Path], into: Path, *, dry_run: bool = False) -> M
 
     Nothing in `into` is replaced or removed. A record of the same cell and fingerprint as another, made
     on the same kind of machine (`harness.results.machine_kind`: records made there have identical numbers,
-    the harness seeds everything and runs deterministically), that reports different `numbers` is a conflict: it is still copied (both
-    are kept, the leaderboard uses the newest) and reported naming both files. Unreadable source files
+    the harness seeds everything and runs deterministically), that reports different `numbers` is a
+    conflict: it is still copied (both are kept, the leaderboard uses the newest) and reported naming both
+    files. Unreadable source files
     are reported and skipped. A source's grid whose text differs from the target's grid of that name is
     kept in `.grids/merge-conflicts/` (the target's stays the one leaderboards read). `dry_run` writes
     nothing and reports the same.
@@ -214,8 +215,8 @@ def _conflicts(groups: _Groups, where: str, record: dict[str, Any]) -> list[str]
             continue
         difference = first_difference(other, record)
         if difference:
-            return [f"{record['cell_id']} (fingerprint {record['fingerprint'][:12]}, {describe_kind(record)}): "
-                    f"{difference}: {other_where} and {where}; both kept"]
+            return [f"{record['cell_id']} (fingerprint {record['fingerprint'][:12]}, "
+                    f"{describe_kind(record)}): {difference}: {other_where} and {where}; both kept"]
     return []
 
 

@@ -171,8 +171,8 @@ def rebuild(record: Mapping[str, Any], registry: Any) -> tuple[Cell, dict[str, A
 def reproduce(record: Mapping[str, Any], registry: Any, *, tolerance: float | None = None,
               in_process: bool = False) -> Reproduction:
     """Re-run `record`'s cell under the loaded plugins and compare its numbers with the record's: exactly
-    on the same machine kind (`harness.results.machine_kind`), else within `tolerance` (default DEFAULT_TOLERANCE); a given
-    `tolerance` applies everywhere."""
+    on the same machine kind (`harness.results.machine_kind`), else within `tolerance` (default
+    DEFAULT_TOLERANCE); a given `tolerance` applies everywhere."""
     from harness.cells import run_one
 
     cell, resolved, changes = rebuild(record, registry)
@@ -194,7 +194,8 @@ def _comparison(result: Reproduction, record: Mapping[str, Any], asked: float | 
         return f"relative tolerance {asked:g} (--tolerance)"
     if result.tolerance == 0:
         return "identical numbers required (same GPU or CPU model and kernels, torch version and threads)"
-    differ = ", ".join(kind_differences(record.get("environment") or {}, result.record.get("environment") or {}))
+    old, new = record.get("environment") or {}, result.record.get("environment") or {}
+    differ = ", ".join(kind_differences(old, new))
     return f"relative tolerance {result.tolerance:g} (another kind of machine: {differ} differ)"
 
 

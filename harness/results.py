@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import difflib
+import functools
 import hashlib
 import json
 import math
@@ -66,12 +67,14 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+@functools.cache
 def cpu_kernels() -> dict[str, str | None]:
     """Which kernels compute on this CPU: the instruction set torch's CPU kernels dispatch to (`isa`) and
     the BLAS that numpy and scipy call, with the core type it chose (`blas`). Virtual machines that report
     one CPU model name can differ in these, and so in the last bits of float results; None when unknown.
-    Only the BLAS shipped inside numpy's and scipy's wheels count: other packages load their own copies,
-    and which of them a process has loaded must not change what a record says about the machine."""
+    Fixed for a process's life, so computed once (in-process runs describe every cell). Only the BLAS
+    shipped inside numpy's and scipy's wheels counts: other packages load their own copies, and which of
+    them a process has loaded must not change what a record says about the machine."""
     import torch
 
     isa = blas = None
@@ -104,7 +107,8 @@ def machine_kind(environment: Mapping[str, Any]) -> dict[str, Any]:
     torch version and threads."""
     cpu = environment.get("cpu") or {}
     return {"device": environment.get("gpu") or cpu.get("model"), "cpu isa": cpu.get("isa"),
-            "blas": cpu.get("blas"), "torch": environment.get("torch"), "torch threads": cpu.get("torch_threads")}
+            "blas": cpu.get("blas"), "torch": environment.get("torch"),
+            "torch threads": cpu.get("torch_threads")}
 
 
 def kind_differences(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[str]:
@@ -172,7 +176,7 @@ def _static_environment() -> dict[str, Any]:
         "packages": {name: _dist_version(name) for name in ("numpy", "pandas", "pluggy", "tabulate")},
         "plugins": plugin_distributions(),
         "cpu_model": cpu_model(),
-        "cpu_kernels": cpu_kernels(),
+        "cpu_kernels": dict(cpu_kernels()),
         "git": git_state(),
     }
 

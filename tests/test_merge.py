@@ -157,7 +157,8 @@ def test_the_cpu_kernels_are_part_of_the_machine_kind(stores, tmp_path, capsys):
     # A record from before the kernels were recorded is compared as if they were the same.
     env = stores["tampered"]["environment"]
     assert env["cpu"]["isa"] and env["cpu"]["blas"]  # recorded by this harness
-    elsewhere = {**stores["tampered"], "environment": {**env, "cpu": {**env["cpu"], "blas": "openblas 0.3 Zen"}}}
+    zen = {**env["cpu"], "blas": "openblas 0.3 Zen"}
+    elsewhere = {**stores["tampered"], "environment": {**env, "cpu": zen}}
     older = {**stores["tampered"], "environment": {**env, "cpu": {k: v for k, v in env["cpu"].items()
                                                                    if k not in ("isa", "blas")}}}
     assert kind_differences(elsewhere["environment"], stores["a_maml"][1]["environment"]) == ["blas"]

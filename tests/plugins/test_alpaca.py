@@ -135,7 +135,8 @@ def test_a_posterior_that_float32_cannot_factorise_is_factorised_in_float64() ->
     with torch.no_grad():
         net.features[0].weight.copy_(torch.tensor([[1e3], [1e3 + 1e-2], [1e3 - 1e-2]]))
         net.features[0].bias.zero_()
-    x, y = torch.linspace(-1, 1, 5).unsqueeze(-1), torch.randn(5, 1, generator=torch.Generator().manual_seed(0))
+    x = torch.linspace(-1, 1, 5).unsqueeze(-1)
+    y = torch.randn(5, 1, generator=torch.Generator().manual_seed(0))
     phi = net.features(x)
     _, info = torch.linalg.cholesky_ex(phi.mT @ phi + net.prior_precision())
     assert int(info) != 0  # the case this test is about: float32 fails
